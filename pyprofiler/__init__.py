@@ -1,0 +1,27 @@
+"""pyprofiler: Go's net/http/pprof for Python processes.
+
+    import pyprofiler
+    pyprofiler.serve(port=6060)
+
+then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=10`.
+"""
+
+from pyprofiler.cpu import start_cpu_profile, stop_cpu_profile
+from pyprofiler.errors import ProfilerBusyError, PyprofilerError
+from pyprofiler.http import blueprint
+from pyprofiler.registry import Profile, lookup, profiles
+from pyprofiler.server import Server, create_app, serve
+
+__all__ = [
+    "Profile",
+    "ProfilerBusyError",
+    "PyprofilerError",
+    "Server",
+    "blueprint",
+    "create_app",
+    "lookup",
+    "profiles",
+    "serve",
+    "start_cpu_profile",
+    "stop_cpu_profile",
+]

@@ -1,0 +1,55 @@
+"""Qualified function names for code objects: `module.Class.method`.
+
+Python 3.11+ stores the qualified name on the code object (`co_qualname`). On 3.9 and 3.10 it is
+recovered from the defining module: functions, and methods of classes (nested classes included)
+that the module defines at top level. Functions defined inside other functions are not reachable
+that way and keep their bare name.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from pyprofiler.snapshot import Frame
+
+_NESTED_CLASS_DEPTH = 4
+
+
+def _functions_of(namespace: dict, depth: int):
+    for value in list(namespace.values()):
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if isinstance(value, property):
+            yield from (f for f in (value.fget, value.fset, value.fdel) if f is not None)
+        elif isinstance(value, types.FunctionType):
+            yield value
+        elif isinstance(value, type) and depth < _NESTED_CLASS_DEPTH:
+            yield from _functions_of(dict(vars(value)), depth + 1)
+
+
+class FrameNamer:
+    """Turns (code, line) pairs into Frames; caches per module, so create one per snapshot."""
+
+    def __init__(self) -> None:
+        self._module_index: dict[str, dict[types.CodeType, str]] = {}
+
+    def _qualname(self, code: types.CodeType, module: str | None) -> str:
+        qualname = getattr(code, "co_qualname", None)
+        if qualname is not None:
+            return qualname
+        if module is None:
+            return code.co_name
+        index = self._module_index.get(module)
+        if index is None:
+            index = self._module_index[module] = {}
+            namespace = getattr(sys.modules.get(module), "__dict__", None)
+            if namespace is not None:
+                for function in _functions_of(dict(namespace), 0):
+                    index.setdefault(function.__code__, function.__qualname__)
+        return index.get(code, code.co_name)
+
+    def frame(self, code: types.CodeType, line: int, module: str | None) -> Frame:
+        qualname = self._qualname(code, module)
+        name = f"{module}.{qualname}" if module else qualname
+        return Frame(name, code.co_filename, code.co_firstlineno, line or 0)

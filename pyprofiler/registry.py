@@ -1,0 +1,61 @@
+"""The one list of profiles, as Go's pprof.Lookup / pprof.Profiles.
+
+The index page, the HTTP routes and everything else that enumerates profiles iterate this
+registry; adding a profile is one `register` call.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import IO
+
+from pyprofiler import proto
+from pyprofiler.errors import PyprofilerError
+from pyprofiler.snapshot import Snapshot
+
+
+class Profile:
+    """A named profile: it knows its description, its count and how to write itself.
+
+    An instant profile (heap, goroutine, ...) describes the process now. A timed profile (CPU,
+    wall) is collected over `seconds`; its `write_to` blocks that long, and at most one of each
+    runs at a time.
+    """
+
+    name: str = ""
+    description: str = ""
+    timed: bool = False
+
+    def count(self) -> int:
+        return 0
+
+    def snapshot(self, seconds: float | None = None) -> Snapshot:
+        raise NotImplementedError
+
+    def write_to(self, file: IO[bytes], debug: int = 0, seconds: float | None = None) -> None:
+        """Write the gzipped profile.proto to `file`."""
+        proto.write(self.snapshot(seconds), file)
+
+
+_lock = threading.Lock()
+_profiles: dict[str, Profile] = {}
+
+
+def register(profile: Profile) -> Profile:
+    with _lock:
+        if profile.name in _profiles:
+            raise PyprofilerError(f"a profile named {profile.name!r} already exists")
+        _profiles[profile.name] = profile
+    return profile
+
+
+def lookup(name: str) -> Profile | None:
+    """The profile with this name, or None."""
+    with _lock:
+        return _profiles.get(name)
+
+
+def profiles() -> list[Profile]:
+    """All profiles, sorted by name."""
+    with _lock:
+        return [_profiles[name] for name in sorted(_profiles)]

@@ -1,0 +1,147 @@
+"""The CPU and wall-clock samplers: a daemon thread that reads every thread's stack `hz` times a
+second with sys._current_frames(), with no signal handlers (they interrupt blocking calls with
+EINTR and collide with the application's own).
+
+CPU: each tick, every thread's CPU clock is read; a thread that used CPU since the previous tick
+gets its current stack recorded, weighted by the nanoseconds it used, so idle threads never
+appear and the profile's total matches the CPU the process spent. Wall: every thread's stack is
+recorded each tick, weighted by the wall time since the previous tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+from pyprofiler import threadclock
+from pyprofiler.snapshot import Snapshot, ValueType
+from pyprofiler.stack_table import StackTable
+
+log = logging.getLogger("pyprofiler")
+
+# Idents of all running sampler threads: samplers never profile themselves or each other.
+_sampler_idents: set[int] = set()
+
+
+class StackSampler:
+    """One profiling session: start(), then stop() returns the Snapshot."""
+
+    value_type: ValueType
+
+    def __init__(self, hz: int = 100) -> None:
+        if not 1 <= hz <= 1000:
+            raise ValueError(f"hz must be between 1 and 1000, not {hz}")
+        self.hz = hz
+        self.table = StackTable()
+        self.own_cpu_ns = 0
+        self.error: str | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_wall_ns = 0
+        self._start_ns = 0
+
+    def start(self) -> None:
+        self._start_wall_ns = time.time_ns()
+        self._start_ns = time.monotonic_ns()
+        self._begin()
+        self._thread = threading.Thread(
+            target=self._run, name=f"pyprofiler-{type(self).__name__}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> Snapshot:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        duration = time.monotonic_ns() - self._start_ns
+        return Snapshot(
+            sample_types=(ValueType("samples", "count"), self.value_type),
+            period_type=self.value_type,
+            period=1_000_000_000 // self.hz,
+            time_nanos=self._start_wall_ns,
+            duration_nanos=duration,
+            samples=self.table.samples(),
+        )
+
+    def _run(self) -> None:
+        _sampler_idents.add(threading.get_ident())
+        interval = 1.0 / self.hz
+        next_tick = time.monotonic() + interval
+        try:
+            while not self._stopping.wait(max(0.0, next_tick - time.monotonic())):
+                self._tick(sys._current_frames())
+                next_tick += interval
+                now = time.monotonic()
+                if next_tick < now:  # Fell behind (a long GIL hold): skip ticks, never burst.
+                    next_tick = now + interval
+        except Exception as exc:  # A sampler switches itself off; it never raises into the host.
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("pyprofiler: %s stopped after an error", type(self).__name__)
+        finally:
+            self.own_cpu_ns = time.thread_time_ns()
+            _sampler_idents.discard(threading.get_ident())
+
+    def _begin(self) -> None:
+        """Read whatever the first tick is measured against."""
+
+    def _tick(self, frames: dict) -> None:
+        raise NotImplementedError
+
+
+class CpuSampler(StackSampler):
+    value_type = ValueType("cpu", "nanoseconds")
+
+    def __init__(self, hz: int = 100) -> None:
+        if not threadclock.SUPPORTED:
+            raise NotImplementedError("the CPU profile needs Linux per-thread CPU clocks")
+        super().__init__(hz)
+        self._last_cpu: dict[tuple[int, int], int] = {}
+
+    def _begin(self) -> None:
+        self._last_cpu = self._read_clocks(sys._current_frames(), None)
+
+    def _tick(self, frames: dict) -> None:
+        self._last_cpu = self._read_clocks(frames, self._last_cpu)
+
+    def _read_clocks(
+        self, frames: dict, previous: dict[tuple[int, int], int] | None
+    ) -> dict[tuple[int, int], int]:
+        # threading._active maps idents to Thread objects without taking threading's lock.
+        threads = threading._active  # type: ignore[attr-defined]
+        current = {}
+        for ident, frame in frames.items():
+            thread = threads.get(ident)
+            tid = getattr(thread, "native_id", None)
+            if tid is None or ident in _sampler_idents:
+                continue
+            cpu = threadclock.thread_cpu_ns(tid)
+            if cpu is None:  # Exited since _current_frames().
+                continue
+            key = (ident, tid)
+            current[key] = cpu
+            if previous is not None:
+                # A thread first seen now started after the previous tick: all its CPU is new.
+                used = cpu - previous.get(key, 0)
+                if used > 0:
+                    self.table.add(frame, thread.name, used)
+        return current
+
+
+class WallSampler(StackSampler):
+    value_type = ValueType("wall", "nanoseconds")
+
+    def _begin(self) -> None:
+        self._last_tick_ns = time.monotonic_ns()
+
+    def _tick(self, frames: dict) -> None:
+        now = time.monotonic_ns()
+        elapsed = now - self._last_tick_ns
+        self._last_tick_ns = now
+        threads = threading._active  # type: ignore[attr-defined]
+        for ident, frame in frames.items():
+            if ident in _sampler_idents:
+                continue
+            thread = threads.get(ident)
+            self.table.add(frame, thread.name if thread else f"thread {ident}", elapsed)

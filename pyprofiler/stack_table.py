@@ -1,0 +1,80 @@
+"""Bounded aggregation of sampled Python stacks, shared by the CPU and wall samplers.
+
+Frames are interned as small integers and stacks as tuples of them, so a repeated stack costs one
+dict lookup per frame and nothing more. Both tables have caps; what no longer fits is counted
+under a visible `[pyprofiler: ... table full]` frame instead of being lost.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Union
+
+from pyprofiler.frames import FrameNamer
+from pyprofiler.snapshot import Frame, Sample
+
+# Go's stack depth for its profiles since 1.23; deeper stacks keep their innermost frames.
+MAX_DEPTH = 128
+# Memory bound: at most MAX_STACKS stacks of MAX_DEPTH 8-byte references (about 10 MB), plus
+# MAX_FRAMES interned (code, line) pairs (about 10 MB); typical services use well under 1 MB.
+MAX_STACKS = 10_000
+MAX_FRAMES = 50_000
+
+_STACK_TABLE_FULL = 0
+_FRAME_TABLE_FULL = 1
+_RESERVED = [
+    Frame("[pyprofiler: stack table full]", "<pyprofiler>", 0, 0),
+    Frame("[pyprofiler: frame table full]", "<pyprofiler>", 0, 0),
+]
+
+_FrameEntry = Union[Frame, tuple[types.CodeType, int, object]]
+
+
+class StackTable:
+    """Counts (stack, thread name) pairs, each with a sample count and a summed value."""
+
+    def __init__(self) -> None:
+        self._frame_ids: dict[tuple[types.CodeType, int], int] = {}
+        self._frames: list[_FrameEntry] = list(_RESERVED)
+        self._stacks: dict[tuple[tuple[int, ...], str], list[int]] = {}
+        self.dropped_stacks = 0
+        self.dropped_frames = 0
+
+    def _intern(self, key: tuple[types.CodeType, int], frame: types.FrameType) -> int:
+        if len(self._frames) >= MAX_FRAMES:
+            self.dropped_frames += 1
+            return _FRAME_TABLE_FULL
+        frame_id = self._frame_ids[key] = len(self._frames)
+        self._frames.append((key[0], key[1], frame.f_globals.get("__name__")))
+        return frame_id
+
+    def add(self, frame: types.FrameType, thread_name: str, value: int) -> None:
+        frame_ids = self._frame_ids
+        ids = []
+        while frame is not None and len(ids) < MAX_DEPTH:
+            key = (frame.f_code, frame.f_lineno)
+            frame_id = frame_ids.get(key)
+            if frame_id is None:
+                frame_id = self._intern(key, frame)
+            ids.append(frame_id)
+            frame = frame.f_back
+        stack_key = (tuple(ids), thread_name)
+        entry = self._stacks.get(stack_key)
+        if entry is None:
+            if len(self._stacks) >= MAX_STACKS:
+                self.dropped_stacks += 1
+                stack_key = ((_STACK_TABLE_FULL,), thread_name)
+            entry = self._stacks.setdefault(stack_key, [0, 0])
+        entry[0] += 1
+        entry[1] += value
+
+    def samples(self) -> list[Sample]:
+        """One Sample per (stack, thread): values (count, summed value), label `thread`."""
+        namer = FrameNamer()
+        frames = [
+            entry if isinstance(entry, Frame) else namer.frame(*entry) for entry in self._frames
+        ]
+        return [
+            Sample(tuple(frames[i] for i in ids), (count, value), (("thread", thread),))
+            for (ids, thread), (count, value) in self._stacks.items()
+        ]
