@@ -7,21 +7,26 @@ then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=10`.
 """
 
 from pyprofiler.cpu import start_cpu_profile, stop_cpu_profile
-from pyprofiler.errors import ProfilerBusyError, PyprofilerError
+from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError, PyprofilerError
+from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_heap_profile
 from pyprofiler.http import blueprint
 from pyprofiler.registry import Profile, lookup, profiles
 from pyprofiler.server import Server, create_app, serve
 
 __all__ = [
     "Profile",
+    "ProfileUnavailableError",
     "ProfilerBusyError",
     "PyprofilerError",
     "Server",
     "blueprint",
     "create_app",
+    "get_mem_profile_rate",
     "lookup",
     "profiles",
     "serve",
+    "set_mem_profile_rate",
     "start_cpu_profile",
     "stop_cpu_profile",
+    "write_heap_profile",
 ]

@@ -53,3 +53,16 @@ class FrameNamer:
         qualname = self._qualname(code, module)
         name = f"{module}.{qualname}" if module else qualname
         return Frame(name, code.co_filename, code.co_firstlineno, line or 0)
+
+
+def modules_by_filename() -> dict[str, str]:
+    """Module names keyed by source file, for code objects seen without their globals."""
+    names = {}
+    for name, module in list(sys.modules.items()):
+        filename = getattr(module, "__file__", None)
+        if isinstance(filename, str):
+            names.setdefault(filename, name)
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if isinstance(main_file, str):  # `python -m pkg.mod` also imports it under its own name.
+        names[main_file] = "__main__"
+    return names

@@ -5,6 +5,7 @@ This layer only parses parameters and calls profiles by name through the registr
 
 from __future__ import annotations
 
+import gc
 import html
 import logging
 import sys
@@ -12,7 +13,7 @@ import sys
 from flask import Blueprint, Response, request
 
 from pyprofiler import proto, registry, symbols
-from pyprofiler.errors import ProfilerBusyError
+from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError
 
 log = logging.getLogger("pyprofiler")
 
@@ -48,6 +49,14 @@ def _profile_response(data: bytes, filename: str) -> Response:
 
 def _text_response(text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
     return _headers(Response(text, content_type=content_type))
+
+
+def _int_param(name: str) -> int:
+    raw = request.args.get(name, "")
+    try:
+        return int(raw, 10) if raw != "" else 0
+    except ValueError:
+        raise BadRequest(f'invalid value for "{name}" - must be an integer') from None
 
 
 def _seconds_param(max_seconds: int) -> int:
@@ -128,7 +137,17 @@ def _named_profile(name: str, max_seconds: int) -> Response:
             return serve_error(500, f"Could not enable {profile.title} profiling: {exc}")
         return _profile_response(proto.encode(snapshot), name)
     if request.args.get("seconds", "") != "":
-        return serve_error(400, '"seconds" parameter is not supported for this profile type')
+        seconds = _seconds_param(max_seconds)
+        if not profile.supports_delta:
+            return serve_error(400, '"seconds" parameter is not supported for this profile type')
+        if _int_param("debug") != 0:
+            return serve_error(400, "seconds and debug params are incompatible")
+        return _profile_response(proto.encode(profile.delta(seconds)), f"{name}-delta")
+    if name == "heap" and _int_param("gc") > 0:
+        gc.collect()
+    debug = _int_param("debug")
+    if debug > 0:
+        return _text_response(profile.text(debug))
     return _profile_response(proto.encode(profile.snapshot()), name)
 
 
@@ -156,6 +175,8 @@ def blueprint(
             return _named_profile(name, max_seconds)
         except BadRequest as exc:
             return serve_error(400, str(exc))
+        except ProfileUnavailableError as exc:
+            return serve_error(501, str(exc))
         except Exception as exc:  # The host application never sees a traceback page.
             log.exception("pyprofiler: %s failed", request.path)
             return serve_error(500, f"internal error: {type(exc).__name__}: {exc}")

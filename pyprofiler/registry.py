@@ -7,6 +7,7 @@ registry; adding a profile is one `register` call.
 from __future__ import annotations
 
 import threading
+import time
 from typing import IO
 
 from pyprofiler import proto
@@ -25,6 +26,7 @@ class Profile:
     name: str = ""
     description: str = ""
     timed: bool = False
+    supports_delta: bool = False  # Go's `?seconds=N` on an instant profile.
 
     def count(self) -> int:
         return 0
@@ -32,9 +34,23 @@ class Profile:
     def snapshot(self, seconds: float | None = None) -> Snapshot:
         raise NotImplementedError
 
+    def delta(self, seconds: float) -> Snapshot:
+        """What changed over `seconds`: two snapshots, the first subtracted from the second."""
+        before = self.snapshot()
+        time.sleep(seconds)
+        return self.snapshot().subtract(before)
+
+    def text(self, debug: int) -> str:
+        """Go's legacy text form (`debug=1`, and `debug=2` where a profile has one)."""
+        raise NotImplementedError
+
     def write_to(self, file: IO[bytes], debug: int = 0, seconds: float | None = None) -> None:
-        """Write the gzipped profile.proto to `file`."""
-        proto.write(self.snapshot(seconds), file)
+        """Write the profile to `file`: gzipped profile.proto, or Go's text form when `debug` > 0
+        (timed profiles ignore `debug`, as Go's CPU profile does)."""
+        if debug > 0 and not self.timed:
+            file.write(self.text(debug).encode("utf-8"))
+        else:
+            proto.write(self.snapshot(seconds), file)
 
 
 _lock = threading.Lock()

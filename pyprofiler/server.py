@@ -8,6 +8,7 @@ import threading
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from pyprofiler import heap
 from pyprofiler.errors import PyprofilerError
 from pyprofiler.http import DEFAULT_MAX_SECONDS, blueprint, serve_error
 
@@ -66,7 +67,8 @@ def serve(
     """Serve /debug/pprof/ from a daemon thread and return at once.
 
     Binds loopback unless told otherwise; port 0 picks a free port. `max_seconds` caps the
-    duration of CPU and wall profiles. One server per process: call `.stop()` before serving again.
+    duration of CPU, wall and delta profiles. One server per process: call `.stop()` before
+    serving again. Heap sampling starts at Go's default rate unless the program set a rate.
     """
     global _current
     with _lock:
@@ -80,6 +82,7 @@ def serve(
         )
         wsgi_server.daemon_threads = True
         _current = Server(wsgi_server, host)
+    heap.enable_default()
     _current._thread.start()
     return _current
 

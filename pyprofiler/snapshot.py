@@ -6,7 +6,7 @@ ever see Snapshots, never sampler state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 
@@ -41,6 +41,22 @@ class Snapshot:
     default_sample_type: str | None = None
     samples: list = field(default_factory=list)
     comments: tuple[str, ...] = ()
+
+    def subtract(self, base: Snapshot) -> Snapshot:
+        """What changed since `base`, as pprof's merge of self and base scaled by -1: values
+        of identical samples subtracted, all-zero samples dropped."""
+        totals: dict = {}
+        for sign, snapshot in ((1, self), (-1, base)):
+            for s in snapshot.samples:
+                key = (s.frames, s.labels, s.num_labels)
+                values = totals.get(key) or [0] * len(s.values)
+                totals[key] = [v + sign * w for v, w in zip(values, s.values)]
+        samples = [
+            Sample(frames, tuple(values), labels, num_labels)
+            for (frames, labels, num_labels), values in totals.items()
+            if any(values)
+        ]
+        return replace(self, samples=samples, duration_nanos=self.time_nanos - base.time_nanos)
 
     def total(self, sample_type: str) -> int:
         """Sum of one value column over all samples."""

@@ -1,0 +1,650 @@
+/* pyprofiler._native: the sampling allocation hook behind the heap and allocs profiles.
+ *
+ * Hooks the PYMEM_DOMAIN_OBJ and PYMEM_DOMAIN_MEM allocators (PEP 445). Every allocation
+ * subtracts its size from a byte countdown; when the countdown runs out the allocation is
+ * sampled and the countdown restarts from an exponentially distributed gap of mean `rate` bytes,
+ * as Go's MemProfileRate. A sampled allocation records its Python stack (without allocating:
+ * the interpreter's frames are read directly, as tracemalloc does) into a bucket keyed by
+ * (stack, size), and its address is tracked until it is freed or reallocated.
+ *
+ * Both allocator domains are only ever called with the GIL held, so the GIL serializes every
+ * hook and every call into this module. All of the module's own memory comes from the raw
+ * domain, which is not hooked; `in_hook` keeps anything the hook does from sampling itself.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#  include <frameobject.h>
+#else
+/* The interpreter's frame layout, as Modules/_tracemalloc.c reads it. */
+#  define Py_BUILD_CORE
+#  include "internal/pycore_frame.h"
+#  undef Py_BUILD_CORE
+#endif
+
+#define MAX_FRAMES 64
+#define MAX_BUCKETS 16384            /* distinct (stack, size) pairs */
+#define BUCKET_SLOTS (MAX_BUCKETS * 2)
+#define MAX_TRACKED (1 << 20)        /* live sampled blocks */
+#define MIN_TRACKED_SLOTS 4096
+
+typedef struct {
+    PyObject *code; /* strong reference, released only by reset() */
+    int lineno;
+} frame_t;
+
+typedef struct {
+    uint64_t hash;
+    size_t size;
+    uint64_t allocs;
+    uint64_t frees;
+    uint64_t alloc_bytes; /* allocs * size, except in the overflow bucket, whose sizes vary */
+    uint64_t free_bytes;
+    int depth;
+    frame_t frames[]; /* leaf first */
+} bucket_t;
+
+typedef struct {
+    void *ptr; /* NULL marks an empty slot */
+    size_t size;
+    uint32_t bucket;
+} tracked_t;
+
+typedef struct {
+    PyMemAllocatorEx original;
+    PyMemAllocatorDomain domain;
+} hook_t;
+
+static hook_t obj_hook = {.domain = PYMEM_DOMAIN_OBJ};
+static hook_t mem_hook = {.domain = PYMEM_DOMAIN_MEM};
+
+static int hooked;
+static int in_hook;
+static Py_ssize_t rate;
+static Py_ssize_t countdown;
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+
+static bucket_t **buckets;        /* dense, in creation order; bucket 0 is the overflow bucket */
+static uint32_t n_buckets;
+static uint32_t *bucket_slots;    /* open addressing: index + 1 into buckets, 0 = empty */
+
+static tracked_t *tracked;
+static size_t tracked_slots;      /* power of two */
+static size_t n_tracked;
+
+static uint64_t samples_taken, dropped_stacks, dropped_blocks, truncated_stacks;
+static int listing; /* buckets() is building Python objects from bucket pointers */
+static size_t own_bytes;
+
+/* ---- random gaps ------------------------------------------------------------------------ */
+
+static uint64_t
+next_random(void)
+{
+    /* xorshift64*: fast, and statistically plenty for choosing sample points. */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1DULL;
+}
+
+static Py_ssize_t
+next_gap(void)
+{
+    if (rate <= 1) {
+        return rate;
+    }
+    /* Uniform in (0, 1], so the log is finite. */
+    double u = ((double)(next_random() >> 11) + 1.0) / 9007199254740992.0;
+    double gap = -log(u) * (double)rate;
+    if (gap > (double)PY_SSIZE_T_MAX / 2) {
+        gap = (double)PY_SSIZE_T_MAX / 2;
+    }
+    return (Py_ssize_t)gap + 1;
+}
+
+/* ---- raw memory, counted ---------------------------------------------------------------- */
+
+static void *
+own_calloc(size_t n, size_t size)
+{
+    void *p = PyMem_RawCalloc(n, size);
+    if (p != NULL) {
+        own_bytes += n * size;
+    }
+    return p;
+}
+
+static void
+own_free(void *p, size_t size)
+{
+    if (p != NULL) {
+        own_bytes -= size;
+        PyMem_RawFree(p);
+    }
+}
+
+/* ---- stacks ----------------------------------------------------------------------------- */
+
+static int
+capture_stack(frame_t *out)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyThreadState *tstate = PyThreadState_GetUnchecked();
+#else
+    PyThreadState *tstate = _PyThreadState_UncheckedGet();
+#endif
+    int depth = 0;
+    if (tstate == NULL) {
+        return 0;
+    }
+#if PY_VERSION_HEX < 0x030B0000
+    for (PyFrameObject *f = tstate->frame; f != NULL; f = f->f_back) {
+        if (depth == MAX_FRAMES) {
+            truncated_stacks++;
+            break;
+        }
+        out[depth].code = (PyObject *)f->f_code;
+        out[depth].lineno = PyFrame_GetLineNumber(f);
+        depth++;
+    }
+#else
+#  if PY_VERSION_HEX >= 0x030D0000
+    _PyInterpreterFrame *f = tstate->current_frame;
+#  else
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
+#  endif
+    for (; f != NULL; f = f->previous) {
+#  if PY_VERSION_HEX >= 0x030C0000
+        if (f->owner == FRAME_OWNED_BY_CSTACK || _PyFrame_IsIncomplete(f)) {
+            continue;
+        }
+#  else
+        if (_PyFrame_IsIncomplete(f)) {
+            continue;
+        }
+#  endif
+        if (depth == MAX_FRAMES) {
+            truncated_stacks++;
+            break;
+        }
+#  if PY_VERSION_HEX >= 0x030D0000
+        out[depth].code = (PyObject *)_PyFrame_GetCode(f);
+        out[depth].lineno = PyUnstable_InterpreterFrame_GetLine(f);
+#  elif PY_VERSION_HEX >= 0x030C0000
+        out[depth].code = (PyObject *)f->f_code;
+        out[depth].lineno = PyUnstable_InterpreterFrame_GetLine(f);
+#  else
+        out[depth].code = (PyObject *)f->f_code;
+        out[depth].lineno = PyCode_Addr2Line(
+            f->f_code, _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
+#  endif
+        depth++;
+    }
+#endif
+    return depth;
+}
+
+static uint64_t
+hash_stack(const frame_t *frames, int depth, size_t size)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)size;
+    for (int i = 0; i < depth; i++) {
+        h = (h ^ (uint64_t)(uintptr_t)frames[i].code) * 1099511628211ULL;
+        h = (h ^ (uint64_t)(uint32_t)frames[i].lineno) * 1099511628211ULL;
+    }
+    return h;
+}
+
+static bucket_t *
+new_bucket(uint64_t hash, size_t size, const frame_t *frames, int depth)
+{
+    size_t bytes = sizeof(bucket_t) + (size_t)depth * sizeof(frame_t);
+    bucket_t *b = own_calloc(1, bytes);
+    if (b == NULL) {
+        return NULL;
+    }
+    b->hash = hash;
+    b->size = size;
+    b->depth = depth;
+    for (int i = 0; i < depth; i++) {
+        b->frames[i] = frames[i];
+        Py_INCREF(frames[i].code); /* Only ever released by reset(), outside any hook. */
+    }
+    return b;
+}
+
+static int
+ensure_tables(void)
+{
+    if (buckets != NULL) {
+        return 0;
+    }
+    buckets = own_calloc(MAX_BUCKETS, sizeof(bucket_t *));
+    bucket_slots = own_calloc(BUCKET_SLOTS, sizeof(uint32_t));
+    tracked = own_calloc(MIN_TRACKED_SLOTS, sizeof(tracked_t));
+    if (buckets == NULL || bucket_slots == NULL || tracked == NULL) {
+        return -1;
+    }
+    tracked_slots = MIN_TRACKED_SLOTS;
+    /* Bucket 0 collects what no longer fits: reported as its own frame, never hidden. */
+    buckets[0] = new_bucket(0, 0, NULL, 0);
+    if (buckets[0] == NULL) {
+        return -1;
+    }
+    n_buckets = 1;
+    return 0;
+}
+
+/* The bucket for (stack, size); the overflow bucket when the table is full. */
+static uint32_t
+find_bucket(const frame_t *frames, int depth, size_t size)
+{
+    uint64_t hash = hash_stack(frames, depth, size);
+    size_t mask = BUCKET_SLOTS - 1;
+    for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
+        uint32_t index = bucket_slots[i];
+        if (index == 0) {
+            if (n_buckets >= MAX_BUCKETS) {
+                dropped_stacks++;
+                return 0;
+            }
+            bucket_t *b = new_bucket(hash, size, frames, depth);
+            if (b == NULL) {
+                dropped_stacks++;
+                return 0;
+            }
+            buckets[n_buckets] = b;
+            bucket_slots[i] = ++n_buckets;
+            return n_buckets - 1;
+        }
+        bucket_t *b = buckets[index - 1];
+        if (b->hash == hash && b->size == size && b->depth == depth &&
+            memcmp(b->frames, frames, (size_t)depth * sizeof(frame_t)) == 0) {
+            return index - 1;
+        }
+    }
+}
+
+/* ---- tracked blocks: linear probing with backward-shift deletion ------------------------- */
+
+static inline size_t
+ptr_slot(void *ptr, size_t mask)
+{
+    uint64_t x = (uint64_t)(uintptr_t)ptr;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (size_t)x & mask;
+}
+
+static void
+tracked_insert_raw(tracked_t *table, size_t slots, tracked_t entry)
+{
+    size_t mask = slots - 1;
+    size_t i = ptr_slot(entry.ptr, mask);
+    while (table[i].ptr != NULL) {
+        i = (i + 1) & mask;
+    }
+    table[i] = entry;
+}
+
+static int
+track(void *ptr, size_t size, uint32_t bucket)
+{
+    if (n_tracked >= MAX_TRACKED) {
+        return -1;
+    }
+    if ((n_tracked + 1) * 2 > tracked_slots) {
+        size_t slots = tracked_slots * 2;
+        tracked_t *table = own_calloc(slots, sizeof(tracked_t));
+        if (table == NULL) {
+            return -1;
+        }
+        for (size_t i = 0; i < tracked_slots; i++) {
+            if (tracked[i].ptr != NULL) {
+                tracked_insert_raw(table, slots, tracked[i]);
+            }
+        }
+        own_free(tracked, tracked_slots * sizeof(tracked_t));
+        tracked = table;
+        tracked_slots = slots;
+    }
+    tracked_insert_raw(tracked, tracked_slots, (tracked_t){ptr, size, bucket});
+    n_tracked++;
+    return 0;
+}
+
+static void
+untrack(void *ptr)
+{
+    size_t mask = tracked_slots - 1;
+    size_t i = ptr_slot(ptr, mask);
+    for (; tracked[i].ptr != ptr; i = (i + 1) & mask) {
+        if (tracked[i].ptr == NULL) {
+            return; /* not sampled: the common case, one or two probes */
+        }
+    }
+    bucket_t *b = buckets[tracked[i].bucket];
+    b->frees++;
+    b->free_bytes += tracked[i].size;
+    n_tracked--;
+    /* Backward shift: pull later entries of the probe run into the hole. */
+    size_t hole = i;
+    for (size_t j = (i + 1) & mask; tracked[j].ptr != NULL; j = (j + 1) & mask) {
+        size_t home = ptr_slot(tracked[j].ptr, mask);
+        if (((j - home) & mask) >= ((j - hole) & mask)) {
+            tracked[hole] = tracked[j];
+            hole = j;
+        }
+    }
+    tracked[hole].ptr = NULL;
+}
+
+/* ---- the hooks -------------------------------------------------------------------------- */
+
+static void
+sample(void *ptr, size_t size)
+{
+    frame_t frames[MAX_FRAMES];
+    in_hook = 1;
+    samples_taken++;
+    int depth = capture_stack(frames);
+    uint32_t bucket = find_bucket(frames, depth, size);
+    bucket_t *b = buckets[bucket];
+    b->allocs++;
+    b->alloc_bytes += size;
+    if (track(ptr, size, bucket) < 0) {
+        /* Its free would go unseen: count it as freed now so in-use never drifts upward. */
+        b->frees++;
+        b->free_bytes += size;
+        dropped_blocks++;
+    }
+    countdown = next_gap();
+    in_hook = 0;
+}
+
+static inline void
+on_alloc(void *ptr, size_t size)
+{
+    if (ptr == NULL || in_hook) {
+        return;
+    }
+    countdown -= (Py_ssize_t)size;
+    if (countdown <= 0) {
+        sample(ptr, size);
+    }
+}
+
+static inline void
+on_free(void *ptr)
+{
+    if (ptr != NULL && n_tracked != 0) {
+        untrack(ptr);
+    }
+}
+
+static void *
+hook_malloc(void *ctx, size_t size)
+{
+    hook_t *hook = ctx;
+    void *ptr = hook->original.malloc(hook->original.ctx, size);
+    on_alloc(ptr, size);
+    return ptr;
+}
+
+static void *
+hook_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    hook_t *hook = ctx;
+    void *ptr = hook->original.calloc(hook->original.ctx, nelem, elsize);
+    on_alloc(ptr, nelem * elsize);
+    return ptr;
+}
+
+static void *
+hook_realloc(void *ctx, void *old, size_t size)
+{
+    hook_t *hook = ctx;
+    void *ptr = hook->original.realloc(hook->original.ctx, old, size);
+    if (ptr != NULL) {
+        /* A reallocation is a free of the old block and an allocation of the new one. */
+        on_free(old);
+        on_alloc(ptr, size);
+    }
+    return ptr;
+}
+
+static void
+hook_free(void *ctx, void *ptr)
+{
+    hook_t *hook = ctx;
+    on_free(ptr);
+    hook->original.free(hook->original.ctx, ptr);
+}
+
+static void
+install(hook_t *hook)
+{
+    PyMemAllocatorEx alloc = {hook, hook_malloc, hook_calloc, hook_realloc, hook_free};
+    PyMem_GetAllocator(hook->domain, &hook->original);
+    PyMem_SetAllocator(hook->domain, &alloc);
+}
+
+static void
+uninstall(hook_t *hook)
+{
+    PyMem_SetAllocator(hook->domain, &hook->original);
+}
+
+/* ---- Python interface ------------------------------------------------------------------- */
+
+static PyObject *
+set_rate(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t new_rate = PyLong_AsSsize_t(arg);
+    if (new_rate == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (new_rate < 0) {
+        PyErr_SetString(PyExc_ValueError, "the memory profile rate must be 0 or more bytes");
+        return NULL;
+    }
+    Py_ssize_t previous = rate;
+    if (new_rate > 0 && ensure_tables() < 0) {
+        return PyErr_NoMemory();
+    }
+    rate = new_rate;
+    countdown = next_gap();
+    if (new_rate > 0 && !hooked) {
+        install(&mem_hook);
+        install(&obj_hook);
+        hooked = 1;
+    }
+    else if (new_rate == 0 && hooked) {
+        uninstall(&obj_hook);
+        uninstall(&mem_hook);
+        hooked = 0;
+    }
+    return PyLong_FromSsize_t(previous);
+}
+
+static PyObject *
+get_rate(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromSsize_t(rate);
+}
+
+/* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes); frames is a tuple
+ * of (code, line), leaf first; the overflow bucket is the one with frames None. */
+static PyObject *
+buckets_list(PyObject *module, PyObject *unused)
+{
+    if (buckets == NULL) {
+        return PyList_New(0);
+    }
+    /* Copy first: building Python objects allocates, which may sample and add buckets. */
+    uint32_t count = n_buckets;
+    bucket_t **copy = PyMem_RawMalloc(count * sizeof(bucket_t *));
+    uint64_t (*counts)[4] = PyMem_RawMalloc(count * sizeof(*counts));
+    if (copy == NULL || counts == NULL) {
+        PyMem_RawFree(copy);
+        PyMem_RawFree(counts);
+        return PyErr_NoMemory();
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        copy[i] = buckets[i];
+        counts[i][0] = buckets[i]->allocs;
+        counts[i][1] = buckets[i]->frees;
+        counts[i][2] = buckets[i]->alloc_bytes;
+        counts[i][3] = buckets[i]->free_bytes;
+    }
+    listing++;
+    PyObject *result = PyList_New(0);
+    for (uint32_t i = 0; result != NULL && i < count; i++) {
+        bucket_t *b = copy[i];
+        if (counts[i][0] == 0) {
+            continue;
+        }
+        PyObject *frames = NULL;
+        if (i == 0) {
+            Py_INCREF(Py_None);
+            frames = Py_None;
+        }
+        else if ((frames = PyTuple_New(b->depth)) != NULL) {
+            for (int d = 0; d < b->depth; d++) {
+                PyObject *frame = Py_BuildValue("(Oi)", b->frames[d].code, b->frames[d].lineno);
+                if (frame == NULL) {
+                    Py_CLEAR(frames);
+                    break;
+                }
+                PyTuple_SET_ITEM(frames, d, frame);
+            }
+        }
+        PyObject *item =
+            frames == NULL
+                ? NULL
+                : Py_BuildValue("(NKKKK)", frames, (unsigned long long)counts[i][0],
+                                (unsigned long long)counts[i][1], (unsigned long long)counts[i][2],
+                                (unsigned long long)counts[i][3]);
+        if (item == NULL || PyList_Append(result, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(result);
+            break;
+        }
+        Py_DECREF(item);
+    }
+    listing--;
+    PyMem_RawFree(copy);
+    PyMem_RawFree(counts);
+    return result;
+}
+
+static PyObject *
+stats(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue(
+        "{s:n,s:K,s:n,s:K,s:K,s:K,s:n,s:n}", "rate", rate, "samples",
+        (unsigned long long)samples_taken, "tracked_blocks", (Py_ssize_t)n_tracked,
+        "dropped_blocks", (unsigned long long)dropped_blocks, "dropped_stacks",
+        (unsigned long long)dropped_stacks, "truncated_stacks",
+        (unsigned long long)truncated_stacks, "buckets", (Py_ssize_t)n_buckets, "own_bytes",
+        (Py_ssize_t)own_bytes);
+}
+
+/* Callers set in_hook first: releasing code objects may allocate and free. */
+static void
+free_tables(int release_code)
+{
+    bucket_t **old = buckets;
+    uint32_t count = n_buckets;
+    /* Detach everything before releasing anything, so that frees this causes see no table. */
+    own_free(bucket_slots, BUCKET_SLOTS * sizeof(uint32_t));
+    own_free(tracked, tracked_slots * sizeof(tracked_t));
+    buckets = NULL;
+    bucket_slots = NULL;
+    tracked = NULL;
+    n_buckets = 0;
+    tracked_slots = 0;
+    n_tracked = 0;
+    samples_taken = dropped_stacks = dropped_blocks = truncated_stacks = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        bucket_t *b = old[i];
+        for (int d = 0; release_code && d < b->depth; d++) {
+            Py_DECREF(b->frames[d].code);
+        }
+        own_free(b, sizeof(bucket_t) + (size_t)b->depth * sizeof(frame_t));
+    }
+    own_free(old, MAX_BUCKETS * sizeof(bucket_t *));
+}
+
+/* Forget every sample; sampling goes on at the current rate. */
+static PyObject *
+reset(PyObject *module, PyObject *unused)
+{
+    if (listing) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reset while buckets() runs in another thread");
+        return NULL;
+    }
+    in_hook = 1;
+    free_tables(1);
+    int failed = rate > 0 && ensure_tables() < 0;
+    in_hook = 0;
+    if (failed) {
+        return PyErr_NoMemory();
+    }
+    Py_RETURN_NONE;
+}
+
+/* In a forked child: start from clean tables. The code objects the parent's buckets hold stay
+ * referenced (a small leak) because releasing them here could run arbitrary finalizers. */
+static PyObject *
+after_fork_in_child(PyObject *module, PyObject *unused)
+{
+    in_hook = 1;
+    listing = 0;
+    free_tables(0);
+    int failed = rate > 0 && ensure_tables() < 0;
+    in_hook = 0;
+    if (failed) {
+        return PyErr_NoMemory();
+    }
+    rng_state ^= (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL;
+    countdown = next_gap();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"set_rate", set_rate, METH_O, "Set the mean bytes between samples (0 removes the hooks); "
+                                   "returns the previous rate."},
+    {"get_rate", get_rate, METH_NOARGS, "The current mean bytes between samples."},
+    {"buckets", buckets_list, METH_NOARGS,
+     "Sampled allocations: [(frames, allocs, frees, alloc_bytes, free_bytes)]."},
+    {"stats", stats, METH_NOARGS, "The sampler's own counters."},
+    {"reset", reset, METH_NOARGS, "Forget every sample."},
+    {"after_fork_in_child", after_fork_in_child, METH_NOARGS, "Clean state in a forked child."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "pyprofiler._native",
+    "Sampling allocation hooks for the heap and allocs profiles.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    rng_state ^= (uint64_t)now.tv_nsec * 0xBF58476D1CE4E5B9ULL ^ (uint64_t)getpid();
+    if (rng_state == 0) {
+        rng_state = 0x9E3779B97F4A7C15ULL;
+    }
+    return PyModule_Create(&module_def);
+}

@@ -1,0 +1,106 @@
+"""Go's legacy text layouts (`?debug=1`), written through a port of Go's text/tabwriter.
+
+`go tool pprof` parses the record lines (`count: bytes [...] @ addresses`); the `#` frame lines
+are for people and are aligned exactly as Go aligns them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from pyprofiler import symbols
+from pyprofiler.snapshot import Frame
+
+_TAB_WIDTH = 8
+_PADDING = 1
+
+
+def tabwrite(lines: Sequence[str]) -> str:
+    """Align tab-separated cells as Go's tabwriter.NewWriter(w, 1, 8, 1, '\\t', 0) does.
+
+    A column's width is set per block of consecutive lines that have a cell in that column;
+    cells are padded with tabs to the width rounded up to a multiple of 8.
+    """
+    rows = [line.split("\t") for line in lines]
+    widths: list[list[int]] = [[0] * (len(row) - 1) for row in rows]
+
+    def format_column(column: int, start: int, end: int) -> None:
+        i = start
+        while i < end:
+            if column >= len(rows[i]) - 1:
+                i += 1
+                continue
+            j, width = i, 1
+            while j < end and column < len(rows[j]) - 1:
+                width = max(width, len(rows[j][column]) + _PADDING)
+                j += 1
+            for k in range(i, j):
+                widths[k][column] = width
+            format_column(column + 1, i, j)
+            i = j
+
+    format_column(0, 0, len(rows))
+    out = []
+    for row, row_widths in zip(rows, widths):
+        parts = []
+        for cell, width in zip(row, row_widths):
+            cell_width = -(-width // _TAB_WIDTH) * _TAB_WIDTH
+            parts.append(cell + "\t" * -(-(cell_width - len(cell)) // _TAB_WIDTH))
+        parts.append(row[-1])
+        out.append("".join(parts))
+    return "\n".join(out)
+
+
+def frame_lines(frames: Iterable[Frame]) -> tuple[list[str], list[str]]:
+    """(the `@ ...` addresses, the `#` lines) for a stack, leaf first."""
+    addresses, lines = [], []
+    for frame in frames:
+        address = symbols.location_address(frame.function, frame.filename, frame.line)
+        symbols.remember(address, frame.function)
+        addresses.append(f"{address:#x}")
+        lines.append(f"#\t{address:#x}\t{frame.function}\t{frame.filename}:{frame.line}")
+    return addresses, lines
+
+
+class HeapRecord(NamedTuple):
+    """One (stack, size) bucket with raw, unscaled sample counts."""
+
+    frames: tuple[Frame, ...]
+    allocs: int
+    frees: int
+    alloc_bytes: int
+    free_bytes: int
+
+
+def heap_text(records: Sequence[HeapRecord], rate: int, stats: Sequence[tuple[str, object]]) -> str:
+    """Go's heap/allocs debug=1 layout, with a Python counterpart of `# runtime.MemStats`."""
+
+    def counts(objects: int, nbytes: int, all_objects: int, all_bytes: int) -> str:
+        return f"{objects}: {nbytes} [{all_objects}: {all_bytes}]"
+
+    inuse = [(r.allocs - r.frees, r.alloc_bytes - r.free_bytes) for r in records]
+    lines = [
+        "heap profile: "
+        + counts(
+            sum(o for o, _ in inuse),
+            sum(b for _, b in inuse),
+            sum(r.allocs for r in records),
+            sum(r.alloc_bytes for r in records),
+        )
+        + f" @ heap/{2 * rate}"
+    ]
+    # Largest in-use first, as Go 1.19 orders them.
+    for (objects, nbytes), record in sorted(
+        zip(inuse, records), key=lambda pair: pair[0][1], reverse=True
+    ):
+        addresses, frames = frame_lines(record.frames)
+        lines.append(
+            counts(objects, nbytes, record.allocs, record.alloc_bytes) + " @ " + " ".join(addresses)
+        )
+        lines.extend(frames)
+        lines.append("")
+    lines.append("")
+    lines.append("# python.MemStats")
+    lines.extend(f"# {name} = {value}" for name, value in stats)
+    return tabwrite(lines) + "\n"
