@@ -6,6 +6,7 @@
 then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=10`.
 """
 
+from pyprofiler.count_profiles import new_profile
 from pyprofiler.cpu import start_cpu_profile, stop_cpu_profile
 from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError, PyprofilerError
 from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_heap_profile
@@ -23,6 +24,7 @@ __all__ = [
     "create_app",
     "get_mem_profile_rate",
     "lookup",
+    "new_profile",
     "profiles",
     "serve",
     "set_mem_profile_rate",

@@ -33,6 +33,7 @@ class FrameNamer:
 
     def __init__(self) -> None:
         self._module_index: dict[str, dict[types.CodeType, str]] = {}
+        self._modules_by_filename: dict[str, str] | None = None
 
     def _qualname(self, code: types.CodeType, module: str | None) -> str:
         qualname = getattr(code, "co_qualname", None)
@@ -49,10 +50,19 @@ class FrameNamer:
                     index.setdefault(function.__code__, function.__qualname__)
         return index.get(code, code.co_name)
 
-    def frame(self, code: types.CodeType, line: int, module: str | None) -> Frame:
+    def frame(self, code: types.CodeType, line: int, module: str | None = None) -> Frame:
+        """The Frame for a code object and line; without `module`, it is found by file name."""
+        if module is None:
+            if self._modules_by_filename is None:
+                self._modules_by_filename = modules_by_filename()
+            module = self._modules_by_filename.get(code.co_filename)
         qualname = self._qualname(code, module)
         name = f"{module}.{qualname}" if module else qualname
         return Frame(name, code.co_filename, code.co_firstlineno, line or 0)
+
+    def stack(self, raw: tuple) -> tuple[Frame, ...]:
+        """Frames for a ((code, line), ...) stack."""
+        return tuple(self.frame(code, line) for code, line in raw)
 
 
 def modules_by_filename() -> dict[str, str]:

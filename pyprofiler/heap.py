@@ -92,7 +92,6 @@ def records() -> list[HeapRecord]:
     if _native is None:
         return []
     namer = FrameNamer()
-    modules = modules_by_filename()
     result = []
     for frames, allocs, frees, alloc_bytes, free_bytes in _native.buckets():
         if frames is None:
@@ -100,9 +99,7 @@ def records() -> list[HeapRecord]:
         elif not frames:
             named = (_NO_PYTHON,)
         else:
-            named = tuple(
-                namer.frame(code, line, modules.get(code.co_filename)) for code, line in frames
-            )
+            named = namer.stack(frames)
         result.append(HeapRecord(named, allocs, frees, alloc_bytes, free_bytes))
     return result
 

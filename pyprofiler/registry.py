@@ -34,6 +34,13 @@ class Profile:
     def snapshot(self, seconds: float | None = None) -> Snapshot:
         raise NotImplementedError
 
+    def add(self, value: object, skip: int = 0) -> None:
+        """Only custom profiles (new_profile) take entries, as in Go."""
+        raise PyprofilerError(f"pprof: Add called on built-in Profile {self.name}")
+
+    def remove(self, value: object) -> None:
+        raise PyprofilerError(f"pprof: Remove called on built-in Profile {self.name}")
+
     def delta(self, seconds: float) -> Snapshot:
         """What changed over `seconds`: two snapshots, the first subtracted from the second."""
         before = self.snapshot()
@@ -60,7 +67,7 @@ _profiles: dict[str, Profile] = {}
 def register(profile: Profile) -> Profile:
     with _lock:
         if profile.name in _profiles:
-            raise PyprofilerError(f"a profile named {profile.name!r} already exists")
+            raise PyprofilerError(f"pprof: NewProfile name already in use: {profile.name}")
         _profiles[profile.name] = profile
     return profile
 

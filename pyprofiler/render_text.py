@@ -104,3 +104,52 @@ def heap_text(records: Sequence[HeapRecord], rate: int, stats: Sequence[tuple[st
     lines.append("# python.MemStats")
     lines.extend(f"# {name} = {value}" for name, value in stats)
     return tabwrite(lines) + "\n"
+
+
+def count_text(name: str, total: int, groups: Sequence[tuple[int, tuple[Frame, ...]]]) -> str:
+    """Go's count-profile layout (goroutine, threadcreate, custom profiles at debug=1)."""
+    lines = [f"{name} profile: total {total}"]
+    for count, frames in sorted(groups, key=lambda group: -group[0]):
+        addresses, frame_text = frame_lines(frames)
+        lines.append(" ".join([f"{count} @", *addresses]))
+        lines.extend(frame_text)
+        lines.append("")
+    return tabwrite(lines) + "\n"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds >= 60:
+        return f", {int(seconds // 60)} minutes"
+    return f", {int(seconds)} seconds"
+
+
+def goroutine_dump(goroutines: Sequence[GoroutineText]) -> str:
+    """Go's full dump (goroutine?debug=2): one block per thread or task, then who created it."""
+    blocks = []
+    for g in goroutines:
+        lines = [f'goroutine {g.id} [{g.state}{_age(g.age_seconds)}]: {g.kind} "{g.name}"']
+        for frame in g.frames:
+            lines.append(f"{frame.function}(...)")
+            lines.append(f"\t{frame.filename}:{frame.line}")
+        if g.created_by:
+            creator, *callers = g.created_by
+            lines.append(f"created by {creator.function} in goroutine {g.creator_id}")
+            lines.append(f"\t{creator.filename}:{creator.line}")
+            lines.extend(f"\tcalled from {f.function} at {f.filename}:{f.line}" for f in callers)
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+class GoroutineText(NamedTuple):
+    """What the full dump shows of one thread or task."""
+
+    id: int
+    kind: str
+    name: str
+    state: str
+    age_seconds: float | None
+    frames: tuple[Frame, ...]
+    created_by: tuple[Frame, ...]
+    creator_id: int

@@ -1,0 +1,139 @@
+"""Who created each thread and asyncio task: hooks installed when pyprofiler is imported.
+
+`threading.Thread.start`, `_thread.start_new_thread` and `asyncio.BaseEventLoop.create_task` are
+wrapped to record the creating stack, the creating thread or task, and the time. Threads and
+tasks also get small goroutine-style ids here, so that "created by ... in goroutine N" can name
+the creator. Records live on (or are weakly keyed by) the thread or task, so they go away with it.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import itertools
+import os
+import sys
+import threading
+import time
+import types
+import weakref
+from typing import NamedTuple
+
+MAX_CREATION_FRAMES = 32
+# Distinct stacks kept for the threadcreate profile; later new stacks are counted under one entry.
+MAX_THREADCREATE_STACKS = 4096
+
+RawStack = tuple  # ((code, line), ...), leaf first
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+
+
+class CreationInfo(NamedTuple):
+    stack: RawStack
+    creator_id: int
+    created_ns: int  # time.time_ns()
+
+
+_next_id = itertools.count(1)
+_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Thread or Task -> id
+_task_creation: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Task -> CreationInfo
+_low_level_creation: dict[int, CreationInfo] = {}  # ident -> info, for _thread threads
+_threadcreate_lock = threading.Lock()
+threadcreate_counts: dict[RawStack, int] = {}
+threadcreate_dropped = 0
+
+
+def goroutine_id(owner: object) -> int:
+    """A small id for a Thread or Task, assigned on first use and kept for its lifetime."""
+    existing = _ids.get(owner)
+    if existing is None:
+        existing = _ids.setdefault(owner, next(_next_id))
+    return existing
+
+
+def raw_stack(frame: types.FrameType | None, limit: int = MAX_CREATION_FRAMES) -> RawStack:
+    stack = []
+    while frame is not None and len(stack) < limit:
+        stack.append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(stack)
+
+
+def _current_goroutine_id() -> int:
+    task = None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # No running loop in this thread.
+        pass
+    return goroutine_id(task if task is not None else threading.current_thread())
+
+
+def _created_here(skip: int) -> CreationInfo:
+    frame: types.FrameType | None = sys._getframe(skip + 1)
+    # asyncio.create_task and friends are not who created the task: their caller is.
+    while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
+        frame = frame.f_back
+    return CreationInfo(raw_stack(frame), _current_goroutine_id(), time.time_ns())
+
+
+def _count_threadcreate(stack: RawStack) -> None:
+    global threadcreate_dropped
+    with _threadcreate_lock:
+        if stack in threadcreate_counts or len(threadcreate_counts) < MAX_THREADCREATE_STACKS:
+            threadcreate_counts[stack] = threadcreate_counts.get(stack, 0) + 1
+        else:
+            threadcreate_dropped += 1
+
+
+def thread_creation(thread: threading.Thread) -> CreationInfo | None:
+    info = getattr(thread, "_pyprofiler_creation", None)
+    if info is None and thread.ident is not None:
+        info = _low_level_creation.get(thread.ident)
+    return info
+
+
+def task_creation(task: asyncio.Task) -> CreationInfo | None:
+    return _task_creation.get(task)
+
+
+_original_thread_start = threading.Thread.start
+_original_start_new_thread = _thread.start_new_thread
+_original_create_task = asyncio.BaseEventLoop.create_task
+
+
+def _thread_start(self: threading.Thread) -> None:
+    info = _created_here(1)
+    self._pyprofiler_creation = info  # type: ignore[attr-defined]
+    goroutine_id(self)
+    _count_threadcreate(info.stack)
+    _original_thread_start(self)
+
+
+def _start_new_thread(function, args, kwargs=None):  # noqa: ANN001 - _thread's own signature
+    info = _created_here(1)
+    _count_threadcreate(info.stack)
+
+    def run(*run_args, **run_kwargs):
+        ident = _thread.get_ident()
+        _low_level_creation[ident] = info
+        try:
+            return function(*run_args, **run_kwargs)
+        finally:
+            _low_level_creation.pop(ident, None)
+
+    return _original_start_new_thread(run, args, kwargs or {})
+
+
+def _create_task(self: asyncio.AbstractEventLoop, coro, *args, **kwargs) -> asyncio.Task:  # noqa: ANN001
+    task = _original_create_task(self, coro, *args, **kwargs)
+    _task_creation[task] = _created_here(1)
+    goroutine_id(task)
+    return task
+
+
+def install() -> None:
+    """Wrap thread and task creation; idempotent."""
+    if threading.Thread.start is not _thread_start:
+        threading.Thread.start = _thread_start  # type: ignore[method-assign]
+        _thread.start_new_thread = _start_new_thread
+        asyncio.BaseEventLoop.create_task = _create_task  # type: ignore[method-assign]
+        goroutine_id(threading.main_thread())

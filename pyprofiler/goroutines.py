@@ -1,0 +1,205 @@
+"""Every thread and every pending asyncio task of the process, as Go's goroutines.
+
+Threads come from sys._current_frames(); tasks from asyncio's own registry of live tasks, read
+without calling into any event loop (a snapshot of the weak set is taken in one C-level copy, and
+coroutine await chains are read as plain attributes), so inspecting another thread's loop never
+blocks or breaks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import linecache
+import os
+import sys
+import threading
+import time
+import types
+import weakref
+from typing import NamedTuple
+
+from pyprofiler import creation
+from pyprofiler.creation import CreationInfo, RawStack
+
+MAX_DEPTH = 128
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+# Kernel wait channels (/proc/<pid>/task/<tid>/wchan) and what a Go user would call them.
+# Kernel versions name the futex wait differently; every other channel is some form of I/O.
+_WCHAN_STATES = {
+    "futex_wait_queue": "waiting on lock",
+    "futex_wait_queue_me": "waiting on lock",
+    "futex_do_wait": "waiting on lock",
+    "futex_wait": "waiting on lock",
+    "hrtimer_nanosleep": "sleep",
+    "do_nanosleep": "sleep",
+    "clock_nanosleep": "sleep",
+}
+_LOCK_CALLS = (".acquire(", ".wait(", ".get(", ".put(", ".join(", "acquire(")
+
+
+class Goroutine(NamedTuple):
+    id: int
+    kind: str  # "thread" or "task"
+    name: str
+    state: str
+    age_seconds: float | None
+    stack: RawStack  # leaf first
+    creation: CreationInfo | None
+
+
+def _task_registries() -> list:
+    tasks = asyncio.tasks
+    # 3.9-3.11 keep one weak set; 3.12+ split scheduled tasks from eager ones.
+    return [
+        registry
+        for registry in (
+            getattr(tasks, "_all_tasks", None),
+            getattr(tasks, "_scheduled_tasks", None),
+            getattr(tasks, "_eager_tasks", None),
+        )
+        if registry is not None
+    ]
+
+
+def pending_tasks() -> list:
+    """Pending tasks of every event loop in the process, in any thread."""
+    found = []
+    for registry in _task_registries():
+        data = getattr(registry, "data", registry)  # WeakSet -> its set of weak references
+        for item in data.copy():  # set.copy holds the GIL throughout: no concurrent mutation.
+            task = item() if isinstance(item, weakref.ref) else item
+            if task is not None and not task.done():
+                found.append(task)
+    return found
+
+
+def _frame_of(awaitable: object) -> types.FrameType | None:
+    for attribute in ("cr_frame", "gi_frame", "ag_frame"):
+        frame = getattr(awaitable, attribute, None)
+        if frame is not None:
+            return frame
+    return None
+
+
+def _awaited(awaitable: object) -> object:
+    for attribute in ("cr_await", "gi_yieldfrom", "ag_await"):
+        inner = getattr(awaitable, attribute, None)
+        if inner is not None:
+            return inner
+    return None
+
+
+def await_chain(task: asyncio.Task) -> tuple[RawStack, str]:
+    """(stack leaf first, state) of a task, from its coroutine's await chain."""
+    frames = []
+    running = False
+    awaitable = task.get_coro()
+    while awaitable is not None and len(frames) < MAX_DEPTH:
+        frame = _frame_of(awaitable)
+        if frame is None:
+            break  # A future, or another awaitable without a frame: what the task waits on.
+        frames.append((frame.f_code, frame.f_lineno))
+        running = running or bool(
+            getattr(awaitable, "cr_running", False) or getattr(awaitable, "gi_running", False)
+        )
+        awaitable = _awaited(awaitable)
+    if running:
+        state = "running"
+    elif awaitable is not None and frames:
+        code = frames[-1][0]
+        state = f"awaiting {getattr(code, 'co_qualname', code.co_name)}"
+    else:
+        state = "runnable"  # Not started yet, or woken and queued to run.
+    return tuple(reversed(frames)), state
+
+
+def _proc_task(tid: int, name: str) -> str | None:
+    try:
+        with open(f"/proc/self/task/{tid}/{name}") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def thread_state(tid: int | None, top: types.FrameType | None) -> str:
+    """Go-style state from the kernel's view of the thread and its top Python frame."""
+    stat = _proc_task(tid, "stat") if tid else None
+    if stat is None:
+        return "unknown"
+    kernel_state = stat[stat.rindex(")") + 2]
+    if kernel_state == "R":
+        return "running"
+    if kernel_state == "D":
+        return "I/O wait"
+    wchan = (_proc_task(tid, "wchan") or "").strip()
+    state = _WCHAN_STATES.get(wchan)
+    if state == "waiting on lock" and top is not None:
+        line = linecache.getline(top.f_code.co_filename, top.f_lineno)
+        if not any(call in line for call in _LOCK_CALLS):
+            return "runnable"  # Parked on a futex waiting for the GIL, not on a lock.
+    if state is None:
+        state = "I/O wait" if wchan else "waiting"
+    return state
+
+
+def _thread_age(tid: int | None, info: CreationInfo | None) -> float | None:
+    if info is not None:
+        return (time.time_ns() - info.created_ns) / 1e9
+    stat = _proc_task(tid, "stat") if tid else None
+    try:
+        with open("/proc/uptime") as file:
+            uptime = float(file.read().split()[0])
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, AttributeError, IndexError):
+        return None
+    return uptime - start_ticks / _CLOCK_TICKS
+
+
+def threads() -> list[Goroutine]:
+    frames = sys._current_frames()
+    by_ident = dict(threading._active)  # type: ignore[attr-defined]
+    result = []
+    for ident, top in frames.items():
+        thread = by_ident.get(ident)
+        if thread is None:
+            continue  # Not known to threading: no name, no id; py-spy would not name it either.
+        tid = thread.native_id
+        info = creation.thread_creation(thread)
+        result.append(
+            Goroutine(
+                id=creation.goroutine_id(thread),
+                kind="thread",
+                name=thread.name,
+                state=thread_state(tid, top),
+                age_seconds=_thread_age(tid, info),
+                stack=creation.raw_stack(top, MAX_DEPTH),
+                creation=info,
+            )
+        )
+    return result
+
+
+def tasks() -> list[Goroutine]:
+    result = []
+    now = time.time_ns()
+    for task in pending_tasks():
+        stack, state = await_chain(task)
+        info = creation.task_creation(task)
+        result.append(
+            Goroutine(
+                id=creation.goroutine_id(task),
+                kind="task",
+                name=task.get_name(),
+                state=state,
+                age_seconds=(now - info.created_ns) / 1e9 if info else None,
+                stack=stack,
+                creation=info,
+            )
+        )
+    return result
+
+
+def goroutines() -> list[Goroutine]:
+    """All threads, then all pending tasks."""
+    return threads() + tasks()
