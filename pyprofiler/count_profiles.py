@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from pyprofiler import creation, goroutines, registry
 from pyprofiler.errors import PyprofilerError
@@ -45,16 +45,17 @@ class CountProfile(registry.Profile):
             ],
         )
 
-    def text(self, debug: int) -> str:
+    def text(self, debug: int) -> Iterable[str]:
         counts: Counter = Counter()
         for frames, _, count in self.counted_stacks():
             counts[frames] += count
         groups = [(count, frames) for frames, count in counts.items()]
-        return count_text(self.name, sum(counts.values()), groups)
+        return [count_text(self.name, sum(counts.values()), groups)]
 
 
 class GoroutineProfile(CountProfile):
     name = "goroutine"
+    pauses_gc = True  # Tens of thousands of tasks: see gcpause.
     description = (
         "Stack traces of all current goroutines. Use debug=2 as a query parameter to export in "
         "the same format as an unrecovered panic."
@@ -70,7 +71,7 @@ class GoroutineProfile(CountProfile):
             for g in goroutines.goroutines()
         ]
 
-    def text(self, debug: int) -> str:
+    def text(self, debug: int) -> Iterable[str]:
         if debug < 2:
             return super().text(debug)
         namer = FrameNamer()

@@ -34,6 +34,9 @@ class FrameNamer:
     def __init__(self) -> None:
         self._module_index: dict[str, dict[types.CodeType, str]] = {}
         self._modules_by_filename: dict[str, str] | None = None
+        # Frames shared by every stack that contains them: tens of thousands of tasks stuck at
+        # the same line then cost one Frame, not one each (and their release stays cheap).
+        self._frames: dict[tuple[int, int], Frame] = {}
 
     def _qualname(self, code: types.CodeType, module: str | None) -> str:
         qualname = getattr(code, "co_qualname", None)
@@ -61,8 +64,15 @@ class FrameNamer:
         return Frame(name, code.co_filename, code.co_firstlineno, line or 0)
 
     def stack(self, raw: tuple) -> tuple[Frame, ...]:
-        """Frames for a ((code, line), ...) stack."""
-        return tuple(self.frame(code, line) for code, line in raw)
+        """Frames for a ((code, line), ...) stack; `raw` keeps its code objects alive."""
+        frames = self._frames
+        named = []
+        for code, line in raw:
+            frame = frames.get((id(code), line))
+            if frame is None:
+                frame = frames[(id(code), line)] = self.frame(code, line)
+            named.append(frame)
+        return tuple(named)
 
 
 def modules_by_filename() -> dict[str, str]:

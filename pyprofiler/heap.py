@@ -220,12 +220,12 @@ class HeapProfile(registry.Profile):
             return _tracemalloc_snapshot()
         return _native_snapshot(self.default_sample_type)
 
-    def text(self, debug: int) -> str:
+    def text(self, debug: int) -> list[str]:
         if _native is None:
             raise ProfileUnavailableError(
                 "the debug=1 heap text needs pyprofiler's native extension, which was not built"
             )
-        return heap_text(records(), _native.get_rate(), memstats())
+        return [heap_text(records(), _native.get_rate(), memstats())]
 
 
 class AllocsProfile(HeapProfile):

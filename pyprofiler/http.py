@@ -9,6 +9,7 @@ import gc
 import html
 import logging
 import sys
+from collections.abc import Iterable
 
 from flask import Blueprint, Response, request
 
@@ -41,13 +42,22 @@ def serve_error(status: int, text: str) -> Response:
     return _headers(response)
 
 
-def _profile_response(data: bytes, filename: str) -> Response:
+class _Chunks(list):
+    """A file-like sink whose chunks become the response body without ever being joined: one
+    copy of a large dump would hold the GIL for as long as it takes."""
+
+    write = list.append
+
+
+def _profile_response(data: bytes | Iterable[bytes], filename: str) -> Response:
     response = Response(data, content_type="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return _headers(response)
 
 
-def _text_response(text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+def _text_response(
+    text: str | Iterable[str], content_type: str = "text/plain; charset=utf-8"
+) -> Response:
     return _headers(Response(text, content_type=content_type))
 
 
@@ -142,13 +152,17 @@ def _named_profile(name: str, max_seconds: int) -> Response:
             return serve_error(400, '"seconds" parameter is not supported for this profile type')
         if _int_param("debug") != 0:
             return serve_error(400, "seconds and debug params are incompatible")
-        return _profile_response(proto.encode(profile.delta(seconds)), f"{name}-delta")
+        body = _Chunks()
+        profile.write_delta(body, seconds)
+        return _profile_response(body, f"{name}-delta")
     if name == "heap" and _int_param("gc") > 0:
         gc.collect()
     debug = _int_param("debug")
+    body = _Chunks()
+    profile.write_to(body, debug=debug)
     if debug > 0:
-        return _text_response(profile.text(debug))
-    return _profile_response(proto.encode(profile.snapshot()), name)
+        return _text_response(body)
+    return _profile_response(body, name)
 
 
 def blueprint(

@@ -6,12 +6,16 @@ registry; adding a profile is one `register` call.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import IO
 
 from pyprofiler import proto
 from pyprofiler.errors import PyprofilerError
+from pyprofiler.gcpause import gc_paused
 from pyprofiler.snapshot import Snapshot
 
 
@@ -27,6 +31,8 @@ class Profile:
     description: str = ""
     timed: bool = False
     supports_delta: bool = False  # Go's `?seconds=N` on an instant profile.
+    # Profiles that allocate a lot while being built pause the cyclic GC meanwhile (gcpause).
+    pauses_gc: bool = False
 
     def count(self) -> int:
         return 0
@@ -41,23 +47,35 @@ class Profile:
     def remove(self, value: object) -> None:
         raise PyprofilerError(f"pprof: Remove called on built-in Profile {self.name}")
 
-    def delta(self, seconds: float) -> Snapshot:
-        """What changed over `seconds`: two snapshots, the first subtracted from the second."""
-        before = self.snapshot()
-        time.sleep(seconds)
-        return self.snapshot().subtract(before)
+    def _building(self) -> AbstractContextManager[None]:
+        return gc_paused() if self.pauses_gc else contextlib.nullcontext()
 
-    def text(self, debug: int) -> str:
-        """Go's legacy text form (`debug=1`, and `debug=2` where a profile has one)."""
+    def text(self, debug: int) -> Iterable[str]:
+        """Go's legacy text form (`debug=1`, and `debug=2` where a profile has one), in chunks
+        so that a large dump is written out piece by piece."""
         raise NotImplementedError
 
     def write_to(self, file: IO[bytes], debug: int = 0, seconds: float | None = None) -> None:
         """Write the profile to `file`: gzipped profile.proto, or Go's text form when `debug` > 0
         (timed profiles ignore `debug`, as Go's CPU profile does)."""
-        if debug > 0 and not self.timed:
-            file.write(self.text(debug).encode("utf-8"))
-        else:
+        if self.timed:
             proto.write(self.snapshot(seconds), file)
+            return
+        with self._building():
+            if debug > 0:
+                for chunk in self.text(debug):
+                    file.write(chunk.encode("utf-8"))
+            else:
+                proto.write(self.snapshot(), file)
+
+    def write_delta(self, file: IO[bytes], seconds: float) -> None:
+        """Write what changed over `seconds`: two snapshots, the first subtracted from the
+        second, as Go's `?seconds=N` on a named profile."""
+        with self._building():
+            before = self.snapshot()
+        time.sleep(seconds)
+        with self._building():
+            proto.write(self.snapshot().subtract(before), file)
 
 
 _lock = threading.Lock()

@@ -6,7 +6,7 @@ are for people and are aligned exactly as Go aligns them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from pyprofiler import symbols
@@ -125,10 +125,12 @@ def _age(seconds: float | None) -> str:
     return f", {int(seconds)} seconds"
 
 
-def goroutine_dump(goroutines: Sequence[GoroutineText]) -> str:
-    """Go's full dump (goroutine?debug=2): one block per thread or task, then who created it."""
-    blocks = []
-    for g in goroutines:
+def goroutine_dump(goroutines: Sequence[GoroutineText]) -> Iterator[str]:
+    """Go's full dump (goroutine?debug=2): one block per thread or task, then who created it.
+
+    Yields a block at a time: a dump of tens of thousands of tasks joined into one string would
+    hold the GIL for the whole copy."""
+    for index, g in enumerate(goroutines):
         lines = [f'goroutine {g.id} [{g.state}{_age(g.age_seconds)}]: {g.kind} "{g.name}"']
         for frame in g.frames:
             lines.append(f"{frame.function}(...)")
@@ -138,8 +140,7 @@ def goroutine_dump(goroutines: Sequence[GoroutineText]) -> str:
             lines.append(f"created by {creator.function} in goroutine {g.creator_id}")
             lines.append(f"\t{creator.filename}:{creator.line}")
             lines.extend(f"\tcalled from {f.function} at {f.filename}:{f.line}" for f in callers)
-        blocks.append("\n".join(lines) + "\n")
-    return "\n".join(blocks)
+        yield ("\n" if index else "") + "\n".join(lines) + "\n"
 
 
 class GoroutineText(NamedTuple):
