@@ -46,11 +46,15 @@ def start_cpu_profile(file: IO[bytes] | str | os.PathLike, hz: int = DEFAULT_HZ)
     """Profile CPU use of every thread until stop_cpu_profile(), which writes the profile to
     `file` (a binary file object, or a path)."""
     global _cpu_output, _cpu_output_owned
-    _start("cpu", CpuSampler, hz)
-    if isinstance(file, (str, os.PathLike)):
-        _cpu_output, _cpu_output_owned = open(file, "wb"), True
-    else:
-        _cpu_output, _cpu_output_owned = file, False
+    owned = isinstance(file, (str, os.PathLike))
+    output = open(file, "wb") if owned else file  # Fails before anything starts.
+    try:
+        _start("cpu", CpuSampler, hz)
+    except BaseException:
+        if owned:
+            output.close()
+        raise
+    _cpu_output, _cpu_output_owned = output, owned
 
 
 def stop_cpu_profile() -> None:

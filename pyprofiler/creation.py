@@ -37,6 +37,9 @@ _next_id = itertools.count(1)
 _ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Thread or Task -> id
 _task_creation: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Task -> CreationInfo
 _low_level_creation: dict[int, CreationInfo] = {}  # ident -> info, for _thread threads
+# ident -> kernel thread id where threading has none (_thread threads) or a stale one (the
+# thread that forked: threading keeps the parent's id for it in the child).
+_native_ids: dict[int, int] = {}
 _threadcreate_lock = threading.Lock()
 threadcreate_counts: dict[RawStack, int] = {}
 threadcreate_dropped = 0
@@ -84,6 +87,14 @@ def _count_threadcreate(stack: RawStack) -> None:
             threadcreate_dropped += 1
 
 
+def native_id(ident: int, thread: threading.Thread | None) -> int | None:
+    """The kernel thread id of the thread `ident`, whether or not threading knows it."""
+    tid = _native_ids.get(ident)
+    if tid is None and thread is not None:
+        tid = thread.native_id
+    return tid
+
+
 def thread_creation(thread: threading.Thread) -> CreationInfo | None:
     info = getattr(thread, "_pyprofiler_creation", None)
     if info is None and thread.ident is not None:
@@ -115,10 +126,12 @@ def _start_new_thread(function, args, kwargs=None):  # noqa: ANN001 - _thread's 
     def run(*run_args, **run_kwargs):
         ident = _thread.get_ident()
         _low_level_creation[ident] = info
+        _native_ids[ident] = threading.get_native_id()
         try:
             return function(*run_args, **run_kwargs)
         finally:
             _low_level_creation.pop(ident, None)
+            _native_ids.pop(ident, None)
 
     return _original_start_new_thread(run, args, kwargs or {})
 
@@ -128,6 +141,16 @@ def _create_task(self: asyncio.AbstractEventLoop, coro, *args, **kwargs) -> asyn
     _task_creation[task] = _created_here(1)
     goroutine_id(task)
     return task
+
+
+def _after_fork_in_child() -> None:
+    global _threadcreate_lock
+    _threadcreate_lock = threading.Lock()
+    _native_ids.clear()
+    _native_ids[threading.get_ident()] = threading.get_native_id()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def install() -> None:

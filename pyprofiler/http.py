@@ -178,7 +178,9 @@ def blueprint(
         allowed = ("GET", "HEAD", "POST") if name == "symbol" else ("GET", "HEAD")
         if request.method not in allowed:
             methods = " or ".join(allowed)
-            return serve_error(405, f"method {request.method} not allowed; use {methods}")
+            response = serve_error(405, f"method {request.method} not allowed; use {methods}")
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
         try:
             if not name:
                 return _text_response(index_page(), "text/html; charset=utf-8")

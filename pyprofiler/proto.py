@@ -25,7 +25,11 @@ class _ProfileBuilder:
         index = self._strings.get(text)
         if index is None:
             index = self._strings[text] = len(self.profile.string_table)
-            self.profile.string_table.append(text)
+            try:
+                self.profile.string_table.append(text)
+            except UnicodeEncodeError:  # A file name that was not UTF-8 (surrogate escapes).
+                valid = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                self.profile.string_table.append(valid)
         return index
 
     def value_type(self, message: profile_pb2.ValueType, value: ValueType) -> None:

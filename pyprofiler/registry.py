@@ -7,6 +7,7 @@ registry; adding a profile is one `register` call.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -80,6 +81,14 @@ class Profile:
 
 _lock = threading.Lock()
 _profiles: dict[str, Profile] = {}
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # Another thread may have held it at fork; it does not exist here.
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register(profile: Profile) -> Profile:

@@ -11,11 +11,12 @@ recorded each tick, weighted by the wall time since the previous tick.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 
-from pyprofiler import threadclock
+from pyprofiler import creation, threadclock
 from pyprofiler.snapshot import Snapshot, ValueType
 from pyprofiler.stack_table import StackTable
 
@@ -23,6 +24,8 @@ log = logging.getLogger("pyprofiler")
 
 # Idents of all running sampler threads: samplers never profile themselves or each other.
 _sampler_idents: set[int] = set()
+# Sampler threads do not survive fork, and the child may reuse their idents.
+os.register_at_fork(after_in_child=_sampler_idents.clear)
 
 
 class StackSampler:
@@ -113,7 +116,7 @@ class CpuSampler(StackSampler):
         current = {}
         for ident, frame in frames.items():
             thread = threads.get(ident)
-            tid = getattr(thread, "native_id", None)
+            tid = creation.native_id(ident, thread)
             if tid is None or ident in _sampler_idents:
                 continue
             cpu = threadclock.thread_cpu_ns(tid)
@@ -125,7 +128,7 @@ class CpuSampler(StackSampler):
                 # A thread first seen now started after the previous tick: all its CPU is new.
                 used = cpu - previous.get(key, 0)
                 if used > 0:
-                    self.table.add(frame, thread.name, used)
+                    self.table.add(frame, thread.name if thread else f"thread-{tid}", used)
         return current
 
 
