@@ -23,7 +23,12 @@ def _functions_of(namespace: dict, depth: int):
         if isinstance(value, property):
             yield from (f for f in (value.fget, value.fset, value.fdel) if f is not None)
         elif isinstance(value, types.FunctionType):
-            yield value
+            # functools.wraps copies the wrapped function's names onto the wrapper: follow the
+            # chain, and trust a function's names only if they are its own code's.
+            while isinstance(value, types.FunctionType):
+                if value.__code__.co_name == value.__name__:
+                    yield value
+                value = getattr(value, "__wrapped__", None)
         elif isinstance(value, type) and depth < _NESTED_CLASS_DEPTH:
             yield from _functions_of(dict(vars(value)), depth + 1)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import html
 import logging
+import os
 import sys
 from collections.abc import Iterable
 
@@ -113,7 +114,13 @@ def index_page() -> str:
 
 
 def _cmdline() -> str:
-    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    argv = getattr(sys, "orig_argv", None)  # Python 3.10+
+    if argv is None:
+        try:
+            with open("/proc/self/cmdline", "rb") as file:
+                argv = [os.fsdecode(arg) for arg in file.read().rstrip(b"\0").split(b"\0")]
+        except OSError:
+            argv = [sys.executable, *sys.argv]
     return "\x00".join(argv)
 
 

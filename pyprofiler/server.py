@@ -38,8 +38,9 @@ class Server:
         self._wsgi_server = wsgi_server
         self.host = host
         self.port: int = wsgi_server.server_port
+        # A short poll interval: stop() waits for the serving loop to notice.
         self._thread = threading.Thread(
-            target=wsgi_server.serve_forever, name="pyprofiler-http", daemon=True
+            target=wsgi_server.serve_forever, args=(0.1,), name="pyprofiler-http", daemon=True
         )
 
     @property
