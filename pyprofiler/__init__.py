@@ -11,6 +11,7 @@ from pyprofiler.cpu import start_cpu_profile, stop_cpu_profile
 from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError, PyprofilerError
 from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_heap_profile
 from pyprofiler.http import blueprint
+from pyprofiler.locks import set_block_profile_rate, set_mutex_profile_fraction
 from pyprofiler.registry import Profile, lookup, profiles
 from pyprofiler.server import Server, create_app, serve
 
@@ -27,7 +28,9 @@ __all__ = [
     "new_profile",
     "profiles",
     "serve",
+    "set_block_profile_rate",
     "set_mem_profile_rate",
+    "set_mutex_profile_fraction",
     "start_cpu_profile",
     "stop_cpu_profile",
     "write_heap_profile",

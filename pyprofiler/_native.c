@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_native.h"
+
 #if PY_VERSION_HEX < 0x030B0000
 #  include <frameobject.h>
 #else
@@ -84,8 +86,8 @@ static size_t own_bytes;
 
 /* ---- random gaps ------------------------------------------------------------------------ */
 
-static uint64_t
-next_random(void)
+uint64_t
+native_random(void)
 {
     /* xorshift64*: fast, and statistically plenty for choosing sample points. */
     rng_state ^= rng_state >> 12;
@@ -101,7 +103,7 @@ next_gap(void)
         return rate;
     }
     /* Uniform in (0, 1], so the log is finite. */
-    double u = ((double)(next_random() >> 11) + 1.0) / 9007199254740992.0;
+    double u = ((double)(native_random() >> 11) + 1.0) / 9007199254740992.0;
     double gap = -log(u) * (double)rate;
     if (gap > (double)PY_SSIZE_T_MAX / 2) {
         gap = (double)PY_SSIZE_T_MAX / 2;
@@ -629,12 +631,15 @@ static PyMethodDef methods[] = {
     {"stats", stats, METH_NOARGS, "The sampler's own counters."},
     {"reset", reset, METH_NOARGS, "Forget every sample."},
     {"after_fork_in_child", after_fork_in_child, METH_NOARGS, "Clean state in a forked child."},
+    {"set_lock_profiling", set_lock_profiling, METH_VARARGS,
+     "set_lock_profiling(block_rate_ns, mutex_fraction, on_block, on_mutex): what the Lock and "
+     "RLock types report, and to whom."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "pyprofiler._native",
-    "Sampling allocation hooks for the heap and allocs profiles.", -1, methods,
+    "Sampling allocation hooks (heap, allocs) and contention-reporting locks (block, mutex).", -1, methods,
 };
 
 PyMODINIT_FUNC
@@ -646,5 +651,9 @@ PyInit__native(void)
     if (rng_state == 0) {
         rng_state = 0x9E3779B97F4A7C15ULL;
     }
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && locks_init(module) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import functools
 import itertools
 import os
 import sys
@@ -111,17 +112,18 @@ _original_start_new_thread = _thread.start_new_thread
 _original_create_task = asyncio.BaseEventLoop.create_task
 
 
+@functools.wraps(_original_thread_start)
 def _thread_start(self: threading.Thread) -> None:
     info = _created_here(1)
     self._pyprofiler_creation = info  # type: ignore[attr-defined]
     goroutine_id(self)
-    _count_threadcreate(info.stack)
     _original_thread_start(self)
+    _count_threadcreate(info.stack)  # Only a start that worked created a thread.
 
 
+@functools.wraps(_original_start_new_thread)
 def _start_new_thread(function, args, kwargs=None):  # noqa: ANN001 - _thread's own signature
     info = _created_here(1)
-    _count_threadcreate(info.stack)
 
     def run(*run_args, **run_kwargs):
         ident = _thread.get_ident()
@@ -133,9 +135,12 @@ def _start_new_thread(function, args, kwargs=None):  # noqa: ANN001 - _thread's 
             _low_level_creation.pop(ident, None)
             _native_ids.pop(ident, None)
 
-    return _original_start_new_thread(run, args, kwargs or {})
+    ident = _original_start_new_thread(run, args, kwargs or {})
+    _count_threadcreate(info.stack)
+    return ident
 
 
+@functools.wraps(_original_create_task)
 def _create_task(self: asyncio.AbstractEventLoop, coro, *args, **kwargs) -> asyncio.Task:  # noqa: ANN001
     task = _original_create_task(self, coro, *args, **kwargs)
     _task_creation[task] = _created_here(1)

@@ -23,15 +23,9 @@ import psutil
 from pyprofiler import registry
 from pyprofiler.errors import ProfileUnavailableError
 from pyprofiler.frames import FrameNamer, modules_by_filename
+from pyprofiler.native import native as _native
 from pyprofiler.render_text import HeapRecord, heap_text
 from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
-
-try:
-    if os.environ.get("PYPROFILER_NATIVE", "1") == "0":  # Lets tests exercise the fallback.
-        raise ImportError("disabled by PYPROFILER_NATIVE=0")
-    from pyprofiler import _native
-except ImportError:
-    _native = None
 
 NATIVE = _native is not None
 DEFAULT_RATE = 512 * 1024  # Go's MemProfileRate.

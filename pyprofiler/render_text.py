@@ -154,3 +154,15 @@ class GoroutineText(NamedTuple):
     frames: tuple[Frame, ...]
     created_by: tuple[Frame, ...]
     creator_id: int
+
+
+def contention_text(header: str, records: Sequence[tuple[int, int, tuple[Frame, ...]]]) -> str:
+    """Go's block/mutex debug=1 layout: `<delay ns> <count> @ addresses`, longest delay first;
+    cycles/second is 1e9, so the "cycles" are nanoseconds."""
+    lines = header.split("\n")
+    for delay, count, frames in sorted(records, key=lambda record: -record[0]):
+        addresses, frame_text = frame_lines(frames)
+        lines.append(" ".join([f"{delay} {count} @", *addresses]))
+        lines.extend(frame_text)
+        lines.append("")
+    return tabwrite(lines) + "\n"

@@ -8,7 +8,7 @@ import threading
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from pyprofiler import heap
+from pyprofiler import heap, locks
 from pyprofiler.errors import PyprofilerError
 from pyprofiler.http import DEFAULT_MAX_SECONDS, blueprint, serve_error
 
@@ -63,13 +63,19 @@ class Server:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 6060, max_seconds: int = DEFAULT_MAX_SECONDS
+    host: str = "127.0.0.1",
+    port: int = 6060,
+    max_seconds: int = DEFAULT_MAX_SECONDS,
+    block_profile_rate: int | None = None,
+    mutex_profile_fraction: int | None = None,
 ) -> Server:
     """Serve /debug/pprof/ from a daemon thread and return at once.
 
     Binds loopback unless told otherwise; port 0 picks a free port. `max_seconds` caps the
     duration of CPU, wall and delta profiles. One server per process: call `.stop()` before
     serving again. Heap sampling starts at Go's default rate unless the program set a rate.
+    `block_profile_rate` and `mutex_profile_fraction`, when given, are passed to
+    set_block_profile_rate and set_mutex_profile_fraction (both are off by default, as in Go).
     """
     global _current
     with _lock:
@@ -84,6 +90,10 @@ def serve(
         wsgi_server.daemon_threads = True
         _current = Server(wsgi_server, host)
     heap.enable_default()
+    if block_profile_rate is not None:
+        locks.set_block_profile_rate(block_profile_rate)
+    if mutex_profile_fraction is not None:
+        locks.set_mutex_profile_fraction(mutex_profile_fraction)
     _current._thread.start()
     return _current
 

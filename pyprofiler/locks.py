@@ -1,0 +1,341 @@
+"""The block and mutex profiles: where threads and tasks wait, and whose release made them wait.
+
+While a rate is set, `threading.Lock`, `threading.RLock` (and so Condition, Semaphore,
+BoundedSemaphore, Event, Barrier and queue.Queue, which are built on them) create the native
+extension's Lock and RLock, which time only the acquires that have to wait. Thread.join and the
+asyncio primitives (Lock, Event, Condition, Semaphore, Queue) are wrapped in Python, and likewise
+time only a call that actually waits. With both rates at 0 nothing is installed at all.
+
+Go's semantics: a blocking event of d ns is recorded when d >= the block rate, or otherwise with
+probability d/rate and scaled up to stand for what was not sampled; 1 in `fraction` contention
+events is recorded for the mutex profile and scaled by `fraction`.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import functools
+import os
+import queue
+import random
+import sys
+import threading
+import time
+import types
+from typing import Any, Callable
+
+from pyprofiler import creation, registry
+from pyprofiler.frames import FrameNamer
+from pyprofiler.native import native as _native
+from pyprofiler.render_text import contention_text
+from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
+
+# Distinct (stack, lock) entries per profile; beyond it, events are counted under one entry.
+MAX_ENTRIES = 4096
+_TABLE_FULL = Frame("[pyprofiler: contention table full]", "<pyprofiler>", 0, 0)
+# Frames of the synchronization machinery itself: the `lock` label names the primitive by the
+# outermost of them, and the variable that holds it is looked up in the first frame outside.
+_SYNC_FILES = (threading.__file__, queue.__file__, os.path.dirname(asyncio.__file__))
+_NATIVE_NAMES = {"Lock": "threading.Lock", "RLock": "threading.RLock"}
+_rng = random.Random()
+
+_table_lock = _thread.allocate_lock()  # Never one of ours: recording must not record itself.
+_local = threading.local()
+_block_rate = 0
+_mutex_fraction = 0
+
+
+class _Table:
+    """(raw stack, lock label) -> [count, delay_ns], with Go's unsampling already applied."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, list[float]] = {}
+        self.dropped = 0
+
+    def add(self, key: tuple, count: float, delay: float) -> None:
+        with _table_lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                if len(self.entries) >= MAX_ENTRIES:
+                    self.dropped += 1
+                    key = ((), "")
+                entry = self.entries.setdefault(key, [0.0, 0.0])
+            entry[0] += count
+            entry[1] += delay
+
+    def items(self) -> list[tuple[tuple, list[float]]]:
+        with _table_lock:
+            return [(key, list(value)) for key, value in self.entries.items()]
+
+
+_block = _Table()
+_mutex = _Table()
+
+
+def _is_sync_frame(frame: types.FrameType) -> bool:
+    return frame.f_code.co_filename.startswith(_SYNC_FILES)
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    if cls.__module__ == "pyprofiler._native":
+        return _NATIVE_NAMES.get(cls.__name__, cls.__name__)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _lock_label(frame: types.FrameType | None, lock: object) -> str:
+    """The primitive's type, and the variable or attribute that holds it when that is cheap to
+    see: a local of the first frame outside the synchronization modules, or an attribute of one.
+    Only sampled contended events pay for this."""
+    primitive = _type_name(lock)
+    while frame is not None and _is_sync_frame(frame):
+        owner = frame.f_locals.get("self")
+        if owner is not None:
+            lock, primitive = owner, _type_name(owner)  # Condition, Queue, Event, ...
+        frame = frame.f_back
+    if frame is None:
+        return primitive
+    for name, value in list(frame.f_locals.items()):
+        if value is lock:
+            return f"{primitive} {name}"
+        attributes = getattr(value, "__dict__", None)
+        if isinstance(attributes, dict):
+            for attribute, held in list(attributes.items()):
+                if held is lock:
+                    return f"{primitive} {name}.{attribute}"
+    for name, value in list(frame.f_globals.items()):
+        if value is lock:
+            return f"{primitive} {name}"
+    return primitive
+
+
+def _record(table: _Table, count: float, delay: float, lock: object, skip: int) -> None:
+    if getattr(_local, "recording", False):  # Whatever recording itself waits on is not news.
+        return
+    _local.recording = True
+    try:
+        frame = sys._getframe(skip + 1)
+        key = (creation.raw_stack(frame), _lock_label(frame, lock))
+        table.add(key, count, delay)
+    finally:
+        _local.recording = False
+
+
+def _on_block(delay: int, lock: object = None, skip: int = 1) -> None:
+    # Called only for sampled events: shorter than the rate means sampled with probability
+    # delay/rate, so it stands for rate/delay events and `rate` nanoseconds (Go's unsampling).
+    rate = _block_rate
+    if rate > delay:
+        _record(_block, rate / delay, rate, lock, skip)
+    else:
+        _record(_block, 1, delay, lock, skip)
+
+
+def _on_mutex(delay: int, lock: object = None, skip: int = 1) -> None:
+    fraction = max(_mutex_fraction, 1)
+    _record(_mutex, fraction, delay * fraction, lock, skip)
+
+
+def _sampled_block(delay: int) -> bool:
+    rate = _block_rate
+    return rate > 0 and delay > 0 and (delay >= rate or _random_below(rate) < delay)
+
+
+def _sampled_mutex() -> bool:
+    return _mutex_fraction > 0 and (_mutex_fraction == 1 or _random_below(_mutex_fraction) == 0)
+
+
+def _random_below(n: int) -> int:
+    return _rng.randrange(n) if n > 1 else 0
+
+
+# ---- Python-level instrumentation: Thread.join and asyncio ----------------------------------
+
+_original: dict[tuple[type, str], Callable[..., Any]] = {}
+
+
+def _wrap(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = cls.__dict__[name]
+    _original[(cls, name)] = original
+    setattr(cls, name, functools.wraps(original)(make(original)))
+
+
+def _timed_join(original: Callable[..., Any]) -> Callable[..., Any]:
+    def join(self: threading.Thread, timeout: float | None = None) -> None:
+        if not self.is_alive():
+            return original(self, timeout)
+        start = time.monotonic_ns()
+        try:
+            return original(self, timeout)
+        finally:
+            delay = time.monotonic_ns() - start
+            if _sampled_block(delay):
+                _on_block(delay, self, skip=2)
+
+    return join
+
+
+def _timed_wait(original: Callable[..., Any], fast: Callable[[Any], bool]) -> Callable[..., Any]:
+    """An async method that is timed, and reported as blocking, only if `fast(self)` says it
+    will have to wait."""
+
+    async def wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if fast(self):
+            return await original(self, *args, **kwargs)
+        start = time.monotonic_ns()
+        waiting = self.__dict__.setdefault("_pyprofiler_waiting", [])
+        waiting.append(start)
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            waiting.remove(start)
+            delay = time.monotonic_ns() - start
+            if _sampled_block(delay):
+                _on_block(delay, self, skip=2)
+
+    return wait
+
+
+def _accounted_release(original: Callable[..., Any]) -> Callable[..., Any]:
+    """asyncio.Lock.release charging the waiting its waiters did since the last charge."""
+
+    def release(self: Any) -> None:
+        waiting = self.__dict__.get("_pyprofiler_waiting")
+        if waiting:
+            now = time.monotonic_ns()
+            since = self.__dict__.get("_pyprofiler_charged", 0)
+            delay = sum(now - max(start, since) for start in waiting)
+            self._pyprofiler_charged = now
+            if delay > 0 and _sampled_mutex():
+                _on_mutex(delay, self, skip=2)
+        return original(self)
+
+    return release
+
+
+def _install_python_wrappers() -> None:
+    _wrap(threading.Thread, "join", _timed_join)
+    _wrap(asyncio.Lock, "acquire", lambda o: _timed_wait(o, lambda lock: not lock.locked()))
+    _wrap(asyncio.Lock, "release", _accounted_release)
+    _wrap(asyncio.Event, "wait", lambda o: _timed_wait(o, lambda event: event.is_set()))
+    _wrap(asyncio.Condition, "wait", lambda o: _timed_wait(o, lambda condition: False))
+    _wrap(asyncio.Semaphore, "acquire", lambda o: _timed_wait(o, lambda sem: not sem.locked()))
+    _wrap(asyncio.Queue, "get", lambda o: _timed_wait(o, lambda queue: not queue.empty()))
+    _wrap(asyncio.Queue, "put", lambda o: _timed_wait(o, lambda queue: not queue.full()))
+
+
+def _install() -> None:
+    if _original:
+        return
+    if _native is not None:
+        _original[(threading, "Lock")] = threading.Lock
+        _original[(threading, "_allocate_lock")] = threading._allocate_lock  # type: ignore[attr-defined]
+        _original[(threading, "_CRLock")] = threading._CRLock  # type: ignore[attr-defined]
+        threading.Lock = _native.Lock  # type: ignore[misc,assignment]
+        threading._allocate_lock = _native.Lock  # type: ignore[attr-defined]
+        threading._CRLock = _native.RLock  # type: ignore[attr-defined]
+    _install_python_wrappers()
+
+
+def _uninstall() -> None:
+    for (owner, name), original in _original.items():
+        setattr(owner, name, original)
+    _original.clear()
+
+
+def _apply() -> None:
+    if _block_rate or _mutex_fraction:
+        _install()
+    else:
+        _uninstall()
+    if _native is not None:
+        _native.set_lock_profiling(
+            _block_rate,
+            _mutex_fraction,
+            _on_block if _block_rate else None,
+            _on_mutex if _mutex_fraction else None,
+        )
+
+
+def set_block_profile_rate(rate: int) -> int:
+    """Record blocking events as Go's runtime.SetBlockProfileRate: 0 is off (the default); else
+    an event of d ns is recorded when d >= rate, or with probability d/rate. Returns the
+    previous rate."""
+    global _block_rate
+    previous, _block_rate = _block_rate, max(int(rate), 0)
+    _apply()
+    return previous
+
+
+def set_mutex_profile_fraction(fraction: int) -> int:
+    """Record 1 in `fraction` contention events, as Go's runtime.SetMutexProfileFraction: 0 is
+    off (the default). Returns the previous fraction."""
+    global _mutex_fraction
+    previous, _mutex_fraction = _mutex_fraction, max(int(fraction), 0)
+    _apply()
+    return previous
+
+
+class _ContentionProfile(registry.Profile):
+    supports_delta = True
+    table: _Table
+
+    def header(self) -> str:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        return len(self.table.entries)
+
+    def _entries(self) -> list[tuple[tuple[Frame, ...], str, int, int]]:
+        namer = FrameNamer()
+        entries = []
+        for (raw, label), (count, delay) in self.table.items():
+            frames = namer.stack(raw) if raw else (_TABLE_FULL,)
+            entries.append((frames, label, round(count), round(delay)))
+        return entries
+
+    def snapshot(self, seconds: float | None = None) -> Snapshot:
+        return Snapshot(
+            sample_types=(ValueType("contentions", "count"), ValueType("delay", "nanoseconds")),
+            period_type=ValueType("contentions", "count"),
+            period=1,
+            time_nanos=time.time_ns(),
+            samples=[
+                Sample(frames, (count, delay), (("lock", label),) if label else ())
+                for frames, label, count, delay in self._entries()
+            ],
+        )
+
+    def text(self, debug: int) -> list[str]:
+        records = [(delay, count, frames) for frames, _, count, delay in self._entries()]
+        return [contention_text(self.header(), records)]
+
+
+class BlockProfile(_ContentionProfile):
+    name = "block"
+    description = "Stack traces that led to blocking on synchronization primitives"
+    table = _block
+
+    def header(self) -> str:
+        return "--- contention:\ncycles/second=1000000000"
+
+
+class MutexProfile(_ContentionProfile):
+    name = "mutex"
+    description = "Stack traces of holders of contended mutexes"
+    table = _mutex
+
+    def header(self) -> str:
+        return f"--- mutex:\ncycles/second=1000000000\nsampling period={_mutex_fraction}"
+
+
+def _after_fork_in_child() -> None:
+    global _table_lock
+    _table_lock = _thread.allocate_lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+registry.register(BlockProfile())
+registry.register(MutexProfile())
