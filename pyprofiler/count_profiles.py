@@ -19,6 +19,8 @@ from pyprofiler.render_text import GoroutineText, count_text, goroutine_dump
 from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
 
 _THREADCREATE_FULL = Frame("[pyprofiler: threadcreate table full]", "<pyprofiler>", 0, 0)
+# Go's name for an entry whose stack could not be recorded.
+_LOST = Frame("pyprofiler.lostProfileEvent", "<pyprofiler>", 0, 0)
 
 Labels = tuple  # ((key, value), ...)
 
@@ -75,6 +77,7 @@ class GoroutineProfile(CountProfile):
         if debug < 2:
             return super().text(debug)
         namer = FrameNamer()
+        requester = creation.current_goroutine_id()
         return goroutine_dump(
             [
                 GoroutineText(
@@ -87,7 +90,8 @@ class GoroutineProfile(CountProfile):
                     namer.stack(g.creation.stack) if g.creation else (),
                     g.creation.creator_id if g.creation else 0,
                 )
-                for g in goroutines.goroutines()
+                # The goroutine that asked comes first, as in Go's dump.
+                for g in sorted(goroutines.goroutines(), key=lambda g: g.id != requester)
             ]
         )
 
@@ -126,7 +130,10 @@ class CustomProfile(CountProfile):
 
     def add(self, value: Hashable, skip: int = 0) -> None:
         """Record the stack of add's caller (`skip` more frames up) under `value`."""
-        stack = creation.raw_stack(sys._getframe(1 + skip))
+        try:
+            stack = creation.raw_stack(sys._getframe(1 + skip))
+        except ValueError:  # skip goes past the whole stack
+            stack = ()
         with self._lock:
             if value in self._stacks:
                 raise PyprofilerError("pprof: Profile.Add of duplicate value")
@@ -141,7 +148,7 @@ class CustomProfile(CountProfile):
         with self._lock:
             stacks = list(self._stacks.values())
         namer = FrameNamer()
-        return [(namer.stack(stack), (), 1) for stack in stacks]
+        return [(namer.stack(stack) or (_LOST,), (), 1) for stack in stacks]
 
 
 def new_profile(name: str) -> CustomProfile:

@@ -54,6 +54,25 @@ def goroutine_id(owner: object) -> int:
     return existing
 
 
+_untracked_ids: dict[int, int] = {}  # ident -> id, for threads that threading does not know
+
+
+def thread_goroutine_id(ident: int, thread: threading.Thread | None) -> int:
+    """The id of a thread, whether or not threading knows it (_thread, C extensions)."""
+    if thread is not None:
+        return goroutine_id(thread)
+    existing = _untracked_ids.get(ident)
+    if existing is None:
+        existing = _untracked_ids[ident] = next(_next_id)
+    return existing
+
+
+def forget_untracked_except(idents: set[int]) -> None:
+    """Drop the ids of untracked threads that have exited (their idents get reused)."""
+    for ident in [ident for ident in _untracked_ids if ident not in idents]:
+        _untracked_ids.pop(ident, None)
+
+
 def raw_stack(frame: types.FrameType | None, limit: int = MAX_CREATION_FRAMES) -> RawStack:
     stack = []
     while frame is not None and len(stack) < limit:
@@ -62,7 +81,7 @@ def raw_stack(frame: types.FrameType | None, limit: int = MAX_CREATION_FRAMES) -
     return tuple(stack)
 
 
-def _current_goroutine_id() -> int:
+def current_goroutine_id() -> int:
     task = None
     try:
         task = asyncio.current_task()
@@ -76,7 +95,7 @@ def _created_here(skip: int) -> CreationInfo:
     # asyncio.create_task and friends are not who created the task: their caller is.
     while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
         frame = frame.f_back
-    return CreationInfo(raw_stack(frame), _current_goroutine_id(), time.time_ns())
+    return CreationInfo(raw_stack(frame), current_goroutine_id(), time.time_ns())
 
 
 def _count_threadcreate(stack: RawStack) -> None:
@@ -103,6 +122,10 @@ def thread_creation(thread: threading.Thread) -> CreationInfo | None:
     return info
 
 
+def low_level_creation(ident: int) -> CreationInfo | None:
+    return _low_level_creation.get(ident)
+
+
 def task_creation(task: asyncio.Task) -> CreationInfo | None:
     return _task_creation.get(task)
 
@@ -115,9 +138,14 @@ _original_create_task = asyncio.BaseEventLoop.create_task
 @functools.wraps(_original_thread_start)
 def _thread_start(self: threading.Thread) -> None:
     info = _created_here(1)
+    previous = getattr(self, "_pyprofiler_creation", None)
     self._pyprofiler_creation = info  # type: ignore[attr-defined]
     goroutine_id(self)
-    _original_thread_start(self)
+    try:
+        _original_thread_start(self)
+    except BaseException:  # Not started (started twice, say): it keeps its real creator.
+        self._pyprofiler_creation = previous  # type: ignore[attr-defined]
+        raise
     _count_threadcreate(info.stack)  # Only a start that worked created a thread.
 
 

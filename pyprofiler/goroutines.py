@@ -162,21 +162,23 @@ def threads() -> list[Goroutine]:
     result = []
     for ident, top in frames.items():
         thread = by_ident.get(ident)
-        if thread is None:
-            continue  # Not known to threading: no name, no id; py-spy would not name it either.
-        tid = thread.native_id
-        info = creation.thread_creation(thread)
+        tid = creation.native_id(ident, thread)
+        if thread is not None:
+            info, name = creation.thread_creation(thread), thread.name
+        else:  # Started by _thread or a C extension: no threading name.
+            info, name = creation.low_level_creation(ident), f"_thread-{ident}"
         result.append(
             Goroutine(
-                id=creation.goroutine_id(thread),
+                id=creation.thread_goroutine_id(ident, thread),
                 kind="thread",
-                name=thread.name,
+                name=name,
                 state=thread_state(tid, top),
                 age_seconds=_thread_age(tid, info),
                 stack=creation.raw_stack(top, MAX_DEPTH),
                 creation=info,
             )
         )
+    creation.forget_untracked_except(set(frames))
     return result
 
 

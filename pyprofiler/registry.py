@@ -46,7 +46,7 @@ class Profile:
         raise PyprofilerError(f"pprof: Add called on built-in Profile {self.name}")
 
     def remove(self, value: object) -> None:
-        raise PyprofilerError(f"pprof: Remove called on built-in Profile {self.name}")
+        """Nothing to remove from a built-in profile: a no-op, as in Go."""
 
     def _building(self) -> AbstractContextManager[None]:
         return gc_paused() if self.pauses_gc else contextlib.nullcontext()

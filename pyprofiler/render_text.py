@@ -58,7 +58,9 @@ def frame_lines(frames: Iterable[Frame]) -> tuple[list[str], list[str]]:
     for frame in frames:
         address = symbols.location_address(frame.function, frame.filename, frame.line)
         symbols.remember(address, frame.function)
-        addresses.append(f"{address:#x}")
+        # Go lists return addresses, one past the call, and pprof subtracts 1 before it asks
+        # /symbol for a name; the `#` lines show the location itself.
+        addresses.append(f"{address + 1:#x}")
         lines.append(f"#\t{address:#x}\t{frame.function}\t{frame.filename}:{frame.line}")
     return addresses, lines
 

@@ -206,3 +206,44 @@ def run_in_child(body, timeout: float = 30.0) -> tuple[int, str]:
     if os.WIFSIGNALED(status):
         return -os.WTERMSIG(status), message or f"killed after {timeout} s (deadlock?)"
     return os.WEXITSTATUS(status), message
+
+
+# --- Count profiles (goroutine, threadcreate, custom): absolute -top values and -traces stacks.
+
+_TOP_COUNT_LINE = re.compile(
+    r"^\s*(?P<flat>-?\d+)\s+-?[\d.]+%\s+-?[\d.]+%\s+(?P<cum>-?\d+)\s+-?[\d.]+%\s+(?P<name>.+?)\s*$"
+)
+
+
+def top_counts(output: str) -> dict[str, tuple[int, int]]:
+    """Function name -> (flat, cum) from `go tool pprof -top` of a count profile, whose values
+    pprof prints as plain integers (negative ones too, in a delta)."""
+    table = {}
+    for line in output.splitlines():
+        match = _TOP_COUNT_LINE.match(line)
+        if match:
+            table[match["name"]] = (int(match["flat"]), int(match["cum"]))
+    return table
+
+
+def pprof_traces(output: str) -> list[tuple[int, dict[str, str], list[str]]]:
+    """(value, string labels, function names leaf first) per sample of `go tool pprof -traces`."""
+    traces = []
+    for block in re.split(r"^-+\+-+$", output, flags=re.M)[1:]:
+        value, labels, functions = None, {}, []
+        for line in block.splitlines():
+            if not line.strip():
+                continue
+            if value is None:
+                sample = re.match(r"^\s*(-?\d+)\s{3}(\S.*)$", line)
+                label = re.match(r"^\s*([^\s:]+):\s+(.*)$", line)
+                if sample:
+                    value = int(sample[1])
+                    functions.append(sample[2].strip())
+                elif label:
+                    labels[label[1]] = label[2].strip()
+            else:
+                functions.append(line.strip())
+        if value is not None:
+            traces.append((value, labels, functions))
+    return traces
