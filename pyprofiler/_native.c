@@ -193,6 +193,37 @@ capture_stack(frame_t *out)
     return depth;
 }
 
+/* The line a suspended generator or coroutine stands at, read from its interpreter frame.
+ * Asking Python for gi_frame/cr_frame instead would create a frame object per coroutine (3.11+),
+ * and the collector would then have tens of thousands of new objects to traverse. */
+static PyObject *
+suspended_line(PyObject *module, PyObject *gen)
+{
+    if (!PyGen_Check(gen) && !PyCoro_CheckExact(gen) && !PyAsyncGen_CheckExact(gen)) {
+        PyErr_SetString(PyExc_TypeError, "expected a generator, coroutine or async generator");
+        return NULL;
+    }
+    PyGenObject *g = (PyGenObject *)gen;
+#if PY_VERSION_HEX >= 0x030B0000
+    if (g->gi_frame_state >= FRAME_COMPLETED) {
+        Py_RETURN_NONE;
+    }
+    _PyInterpreterFrame *frame = (_PyInterpreterFrame *)g->gi_iframe;
+#  if PY_VERSION_HEX >= 0x030C0000
+    int line = PyUnstable_InterpreterFrame_GetLine(frame);
+#  else
+    int line = PyCode_Addr2Line(frame->f_code,
+                                _PyInterpreterFrame_LASTI(frame) * (int)sizeof(_Py_CODEUNIT));
+#  endif
+#else
+    if (g->gi_frame == NULL) {
+        Py_RETURN_NONE;
+    }
+    int line = PyFrame_GetLineNumber(g->gi_frame);
+#endif
+    return PyLong_FromLong(line);
+}
+
 static uint64_t
 hash_stack(const frame_t *frames, int depth, size_t size)
 {
@@ -629,6 +660,9 @@ static PyMethodDef methods[] = {
     {"buckets", buckets_list, METH_NOARGS,
      "Sampled allocations: [(frames, allocs, frees, alloc_bytes, free_bytes)]."},
     {"stats", stats, METH_NOARGS, "The sampler's own counters."},
+    {"suspended_line", suspended_line, METH_O,
+     "The line a generator or coroutine is suspended at (None once finished), without "
+     "creating its frame object."},
     {"reset", reset, METH_NOARGS, "Forget every sample."},
     {"after_fork_in_child", after_fork_in_child, METH_NOARGS, "Clean state in a forked child."},
     {"set_lock_profiling", set_lock_profiling, METH_VARARGS,

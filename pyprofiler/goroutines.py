@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from pyprofiler import creation
 from pyprofiler.creation import CreationInfo, RawStack
+from pyprofiler.native import native
 
 MAX_DEPTH = 128
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -74,12 +75,26 @@ def pending_tasks() -> list:
     return found
 
 
-def _frame_of(awaitable: object) -> types.FrameType | None:
-    for attribute in ("cr_frame", "gi_frame", "ag_frame"):
-        frame = getattr(awaitable, attribute, None)
-        if frame is not None:
-            return frame
-    return None
+_GENERATORS = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
+_CODE_ATTRIBUTES = {
+    types.CoroutineType: "cr_code",
+    types.GeneratorType: "gi_code",
+    types.AsyncGeneratorType: "ag_code",
+}
+
+
+def _position(awaitable: object) -> tuple[types.CodeType, int] | None:
+    """(code, line) where a coroutine or generator stands; None for anything else or once it
+    finished. The native extension reads the line without creating a frame object."""
+    if not isinstance(awaitable, _GENERATORS):
+        return None
+    code = getattr(awaitable, _CODE_ATTRIBUTES[type(awaitable)])
+    if native is not None:
+        line = native.suspended_line(awaitable)
+    else:
+        frame = getattr(awaitable, _CODE_ATTRIBUTES[type(awaitable)][:2] + "_frame")
+        line = frame.f_lineno if frame is not None else None
+    return None if line is None else (code, line)
 
 
 def _awaited(awaitable: object) -> object:
@@ -96,10 +111,10 @@ def await_chain(task: asyncio.Task) -> tuple[RawStack, str]:
     running = False
     awaitable = task.get_coro()
     while awaitable is not None and len(frames) < MAX_DEPTH:
-        frame = _frame_of(awaitable)
-        if frame is None:
+        position = _position(awaitable)
+        if position is None:
             break  # A future, or another awaitable without a frame: what the task waits on.
-        frames.append((frame.f_code, frame.f_lineno))
+        frames.append(position)
         running = running or bool(
             getattr(awaitable, "cr_running", False) or getattr(awaitable, "gi_running", False)
         )
