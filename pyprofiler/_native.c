@@ -235,6 +235,21 @@ hash_stack(const frame_t *frames, int depth, size_t size)
     return h;
 }
 
+/* Field by field: frame_t has padding, which memcmp would compare too. */
+static int
+same_frames(const frame_t *a, const frame_t *b, int depth, int other_depth)
+{
+    if (depth != other_depth) {
+        return 0;
+    }
+    for (int i = 0; i < depth; i++) {
+        if (a[i].code != b[i].code || a[i].lineno != b[i].lineno) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static bucket_t *
 new_bucket(uint64_t hash, size_t size, const frame_t *frames, int depth)
 {
@@ -298,8 +313,7 @@ find_bucket(const frame_t *frames, int depth, size_t size)
             return n_buckets - 1;
         }
         bucket_t *b = buckets[index - 1];
-        if (b->hash == hash && b->size == size && b->depth == depth &&
-            memcmp(b->frames, frames, (size_t)depth * sizeof(frame_t)) == 0) {
+        if (b->hash == hash && b->size == size && same_frames(b->frames, frames, depth, b->depth)) {
             return index - 1;
         }
     }
@@ -406,7 +420,7 @@ sample(void *ptr, size_t size)
 static inline void
 on_alloc(void *ptr, size_t size)
 {
-    if (ptr == NULL || in_hook) {
+    if (ptr == NULL || in_hook || rate == 0) {
         return;
     }
     countdown -= (Py_ssize_t)size;
@@ -470,10 +484,35 @@ install(hook_t *hook)
     PyMem_SetAllocator(hook->domain, &alloc);
 }
 
-static void
+/* Remove the hook if it is still the outermost one; otherwise (tracemalloc was started on top
+ * of it) it stays as a pass-through, since restoring our original would drop the other hook. */
+static int
 uninstall(hook_t *hook)
 {
+    PyMemAllocatorEx current;
+    PyMem_GetAllocator(hook->domain, &current);
+    if (current.ctx != hook) {
+        return 0;
+    }
     PyMem_SetAllocator(hook->domain, &hook->original);
+    return 1;
+}
+
+/* Frees went unseen while the hooks were out: count every block still tracked from before as
+ * freed, so that none stays "in use" after its memory was released without us. Until the hooks
+ * come back, the profile keeps showing what was live when they were removed. */
+static void
+forget_tracked(void)
+{
+    for (size_t i = 0; i < tracked_slots; i++) {
+        if (tracked[i].ptr != NULL) {
+            bucket_t *b = buckets[tracked[i].bucket];
+            b->frees++;
+            b->free_bytes += tracked[i].size;
+            tracked[i].ptr = NULL;
+        }
+    }
+    n_tracked = 0;
 }
 
 /* ---- Python interface ------------------------------------------------------------------- */
@@ -496,14 +535,21 @@ set_rate(PyObject *module, PyObject *arg)
     rate = new_rate;
     countdown = next_gap();
     if (new_rate > 0 && !hooked) {
+        forget_tracked();
         install(&mem_hook);
         install(&obj_hook);
         hooked = 1;
     }
     else if (new_rate == 0 && hooked) {
-        uninstall(&obj_hook);
-        uninstall(&mem_hook);
-        hooked = 0;
+        /* Both or neither: half a hook would see allocations without their frees. */
+        if (uninstall(&obj_hook)) {
+            if (!uninstall(&mem_hook)) {
+                install(&obj_hook);
+            }
+            else {
+                hooked = 0;
+            }
+        }
     }
     return PyLong_FromSsize_t(previous);
 }
@@ -650,6 +696,7 @@ after_fork_in_child(PyObject *module, PyObject *unused)
     }
     rng_state ^= (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL;
     countdown = next_gap();
+    locks_after_fork();
     Py_RETURN_NONE;
 }
 

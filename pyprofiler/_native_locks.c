@@ -78,11 +78,24 @@ typedef struct {
     int waiters;
     int64_t accrued_ns; /* waiter-nanoseconds since the last charge */
     int64_t since_ns;
+    uint64_t generation; /* fork_generation when last used */
 } contention_t;
+
+/* Bumped in a forked child: waiters counted in the parent do not exist there. */
+static uint64_t fork_generation;
+
+void
+locks_after_fork(void)
+{
+    fork_generation++;
+}
 
 static void
 integrate(contention_t *c, int64_t now)
 {
+    if (c->generation != fork_generation) {
+        *c = (contention_t){.since_ns = now, .generation = fork_generation};
+    }
     if (c->waiters > 0) {
         c->accrued_ns += (int64_t)c->waiters * (now - c->since_ns);
     }
@@ -94,9 +107,7 @@ static int
 acquire_timed(PyObject *owner, PyThread_type_lock lock, contention_t *c, int blocking,
               PyObject *timeout_obj)
 {
-    if (PyThread_acquire_lock_timed(lock, 0, 0) == PY_LOCK_ACQUIRED) {
-        return 1;
-    }
+    /* Arguments first, as _thread checks them: a free lock does not make a bad call good. */
     double timeout = -1;
     if (timeout_obj != NULL) {
         timeout = PyFloat_AsDouble(timeout_obj);
@@ -104,17 +115,23 @@ acquire_timed(PyObject *owner, PyThread_type_lock lock, contention_t *c, int blo
             return -1;
         }
     }
-    if (!blocking) {
-        if (timeout != -1) {
-            PyErr_SetString(PyExc_ValueError,
-                            "can't specify a timeout for a non-blocking call");
-            return -1;
-        }
-        return 0;
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return -1;
     }
     if (timeout < 0 && timeout != -1) {
         PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
         return -1;
+    }
+    if (timeout > (double)PY_TIMEOUT_MAX / 1e6) {
+        PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
+        return -1;
+    }
+    if (PyThread_acquire_lock_timed(lock, 0, 0) == PY_LOCK_ACQUIRED) {
+        return 1;
+    }
+    if (!blocking) {
+        return 0;
     }
     int64_t start = now_ns();
     int64_t deadline = timeout < 0 ? -1 : start + (int64_t)(timeout * 1e9);
@@ -154,6 +171,9 @@ acquire_timed(PyObject *owner, PyThread_type_lock lock, contention_t *c, int blo
 static void
 release_accounted(PyObject *owner, PyThread_type_lock lock, contention_t *c)
 {
+    if (c->generation != fork_generation) {
+        *c = (contention_t){.generation = fork_generation};
+    }
     if (c->waiters == 0 && c->accrued_ns == 0) {
         PyThread_release_lock(lock);
         return;
@@ -428,10 +448,10 @@ RLock_release_save(RLockObject *self, PyObject *unused)
 }
 
 static PyObject *
-RLock_acquire_restore(RLockObject *self, PyObject *state)
+RLock_acquire_restore(RLockObject *self, PyObject *args)
 {
     unsigned long count, owner;
-    if (!PyArg_ParseTuple(state, "(kk):_acquire_restore", &count, &owner)) {
+    if (!PyArg_ParseTuple(args, "(kk):_acquire_restore", &count, &owner)) {
         return NULL;
     }
     if (acquire_timed((PyObject *)self, self->lock, &self->contention, 1, NULL) < 0) {
@@ -475,7 +495,7 @@ static PyMethodDef RLock_methods[] = {
     {"_is_owned", (PyCFunction)RLock_is_owned, METH_NOARGS, NULL},
     {"_recursion_count", (PyCFunction)RLock_recursion_count, METH_NOARGS, NULL},
     {"_release_save", (PyCFunction)RLock_release_save, METH_NOARGS, NULL},
-    {"_acquire_restore", (PyCFunction)RLock_acquire_restore, METH_O, NULL},
+    {"_acquire_restore", (PyCFunction)RLock_acquire_restore, METH_VARARGS, NULL},
     {"_at_fork_reinit", (PyCFunction)RLock_at_fork_reinit, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

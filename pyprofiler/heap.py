@@ -206,7 +206,7 @@ class HeapProfile(registry.Profile):
 
     def count(self) -> int:
         if _native is not None:
-            return _native.stats()["buckets"] - 1
+            return max(_native.stats()["buckets"] - 1, 0)  # Bucket 0 collects overflow.
         return 0
 
     def snapshot(self, seconds: float | None = None) -> Snapshot:

@@ -99,7 +99,10 @@ def _lock_label(frame: types.FrameType | None, lock: object) -> str:
     for name, value in list(frame.f_locals.items()):
         if value is lock:
             return f"{primitive} {name}"
-        attributes = getattr(value, "__dict__", None)
+        try:
+            attributes = getattr(value, "__dict__", None)
+        except Exception:  # The program's own __getattr__: its business, not a reason to fail.
+            continue
         if isinstance(attributes, dict):
             for attribute, held in list(attributes.items()):
                 if held is lock:
@@ -216,7 +219,12 @@ def _accounted_release(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _install_python_wrappers() -> None:
     _wrap(threading.Thread, "join", _timed_join)
-    _wrap(asyncio.Lock, "acquire", lambda o: _timed_wait(o, lambda lock: not lock.locked()))
+    # Free and nobody queued: asyncio.Lock's own condition for not waiting (it is fair).
+    _wrap(
+        asyncio.Lock,
+        "acquire",
+        lambda o: _timed_wait(o, lambda lock: not lock.locked() and not lock._waiters),
+    )
     _wrap(asyncio.Lock, "release", _accounted_release)
     _wrap(asyncio.Event, "wait", lambda o: _timed_wait(o, lambda event: event.is_set()))
     _wrap(asyncio.Condition, "wait", lambda o: _timed_wait(o, lambda condition: False))
@@ -270,9 +278,12 @@ def set_block_profile_rate(rate: int) -> int:
 
 def set_mutex_profile_fraction(fraction: int) -> int:
     """Record 1 in `fraction` contention events, as Go's runtime.SetMutexProfileFraction: 0 is
-    off (the default). Returns the previous fraction."""
+    off (the default); a negative fraction only reads the current one. Returns the previous
+    fraction."""
     global _mutex_fraction
-    previous, _mutex_fraction = _mutex_fraction, max(int(fraction), 0)
+    if fraction < 0:
+        return _mutex_fraction
+    previous, _mutex_fraction = _mutex_fraction, int(fraction)
     _apply()
     return previous
 
