@@ -134,8 +134,10 @@ own_free(void *p, size_t size)
 
 /* ---- stacks ----------------------------------------------------------------------------- */
 
+/* The current thread's Python stack, leaf first, at most MAX_FRAMES; *truncated is set when
+ * there were more. Reads the interpreter's frames: no allocation, no frame objects. */
 static int
-capture_stack(frame_t *out)
+capture_stack(frame_t *out, int *truncated)
 {
 #if PY_VERSION_HEX >= 0x030D0000
     PyThreadState *tstate = PyThreadState_GetUnchecked();
@@ -149,7 +151,7 @@ capture_stack(frame_t *out)
 #if PY_VERSION_HEX < 0x030B0000
     for (PyFrameObject *f = tstate->frame; f != NULL; f = f->f_back) {
         if (depth == MAX_FRAMES) {
-            truncated_stacks++;
+            *truncated = 1;
             break;
         }
         out[depth].code = (PyObject *)f->f_code;
@@ -173,7 +175,7 @@ capture_stack(frame_t *out)
         }
 #  endif
         if (depth == MAX_FRAMES) {
-            truncated_stacks++;
+            *truncated = 1;
             break;
         }
 #  if PY_VERSION_HEX >= 0x030D0000
@@ -191,6 +193,34 @@ capture_stack(frame_t *out)
     }
 #endif
     return depth;
+}
+
+/* current_stack(skip): the calling thread's stack as ((code, line), ...), leaf first, without
+ * its `skip` innermost frames; cheaper than walking sys._getframe(), which creates frame
+ * objects on Python 3.11+. */
+static PyObject *
+current_stack(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t skip = PyLong_AsSsize_t(arg);
+    if (skip == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    frame_t frames[MAX_FRAMES];
+    int truncated = 0;
+    int depth = capture_stack(frames, &truncated);
+    if (skip < 0 || skip > depth) {
+        skip = depth;
+    }
+    PyObject *stack = PyTuple_New(depth - skip);
+    for (int i = (int)skip; stack != NULL && i < depth; i++) {
+        PyObject *frame = Py_BuildValue("(Oi)", frames[i].code, frames[i].lineno);
+        if (frame == NULL) {
+            Py_CLEAR(stack);
+            break;
+        }
+        PyTuple_SET_ITEM(stack, i - skip, frame);
+    }
+    return stack;
 }
 
 /* The line a suspended generator or coroutine stands at, read from its interpreter frame.
@@ -402,7 +432,9 @@ sample(void *ptr, size_t size)
     frame_t frames[MAX_FRAMES];
     in_hook = 1;
     samples_taken++;
-    int depth = capture_stack(frames);
+    int truncated = 0;
+    int depth = capture_stack(frames, &truncated);
+    truncated_stacks += truncated;
     uint32_t bucket = find_bucket(frames, depth, size);
     bucket_t *b = buckets[bucket];
     b->allocs++;
@@ -707,6 +739,8 @@ static PyMethodDef methods[] = {
     {"buckets", buckets_list, METH_NOARGS,
      "Sampled allocations: [(frames, allocs, frees, alloc_bytes, free_bytes)]."},
     {"stats", stats, METH_NOARGS, "The sampler's own counters."},
+    {"current_stack", current_stack, METH_O,
+     "current_stack(skip): this thread's ((code, line), ...), leaf first, without frame objects."},
     {"suspended_line", suspended_line, METH_O,
      "The line a generator or coroutine is suspended at (None once finished), without "
      "creating its frame object."},

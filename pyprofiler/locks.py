@@ -113,14 +113,34 @@ def _lock_label(frame: types.FrameType | None, lock: object) -> str:
     return primitive
 
 
+# (id(lock), code of the first frame outside the synchronization modules) -> label: finding
+# the variable that holds a lock reads frame locals, too slow to repeat on every event.
+_labels: dict[tuple[int, object], str] = {}
+MAX_LABELS = 4096
+
+
+def _label_for(raw: tuple, skip: int, lock: object) -> str:
+    site = next((code for code, _ in raw if not code.co_filename.startswith(_SYNC_FILES)), None)
+    key = (id(lock), site)
+    label = _labels.get(key)
+    if label is None:
+        label = _lock_label(sys._getframe(skip + 2), lock)
+        if len(_labels) >= MAX_LABELS:
+            _labels.clear()
+        _labels[key] = label
+    return label
+
+
 def _record(table: _Table, count: float, delay: float, lock: object, skip: int) -> None:
     if getattr(_local, "recording", False):  # Whatever recording itself waits on is not news.
         return
     _local.recording = True
     try:
-        frame = sys._getframe(skip + 1)
-        key = (creation.raw_stack(frame), _lock_label(frame, lock))
-        table.add(key, count, delay)
+        if _native is not None:
+            raw = _native.current_stack(skip + 1)[: creation.MAX_CREATION_FRAMES]
+        else:
+            raw = creation.raw_stack(sys._getframe(skip + 1))
+        table.add((raw, _label_for(raw, skip, lock)), count, delay)
     finally:
         _local.recording = False
 
