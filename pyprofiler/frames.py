@@ -20,8 +20,9 @@ def _functions_of(namespace: dict, depth: int):
     for value in list(namespace.values()):
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
-        if isinstance(value, property):
-            yield from (f for f in (value.fget, value.fset, value.fdel) if f is not None)
+        if isinstance(value, property):  # Its accessors may be any callable (attrgetter...).
+            accessors = (value.fget, value.fset, value.fdel)
+            yield from (f for f in accessors if isinstance(f, types.FunctionType))
         elif isinstance(value, types.FunctionType):
             # functools.wraps copies the wrapped function's names onto the wrapper: follow the
             # chain, and trust a function's names only if they are its own code's.

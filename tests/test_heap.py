@@ -792,7 +792,8 @@ def test_soak_rates_resets_and_profiles_while_threads_allocate(tmp_path):
         finally:
             stop.set()
             allocating.join(timeout=60)
-        assert not allocating.is_alive() and written > 10
+        assert not allocating.is_alive(), "the allocating threads did not stop"
+        assert written > 10, f"only {written} profiles written in 20 s"
         pyprofiler.set_mem_profile_rate(4096)
         with open(path, "wb") as file:
             pyprofiler.write_heap_profile(file)
