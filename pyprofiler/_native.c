@@ -134,23 +134,21 @@ own_free(void *p, size_t size)
 
 /* ---- stacks ----------------------------------------------------------------------------- */
 
-/* The current thread's Python stack, leaf first, at most MAX_FRAMES; *truncated is set when
- * there were more. Reads the interpreter's frames: no allocation, no frame objects. */
-static int
-capture_stack(frame_t *out, int *truncated)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    PyThreadState *tstate = PyThreadState_GetUnchecked();
-#else
-    PyThreadState *tstate = _PyThreadState_UncheckedGet();
-#endif
-    int depth = 0;
-    if (tstate == NULL) {
-        return 0;
-    }
 #if PY_VERSION_HEX < 0x030B0000
-    for (PyFrameObject *f = tstate->frame; f != NULL; f = f->f_back) {
-        if (depth == MAX_FRAMES) {
+typedef PyFrameObject walk_t;
+#else
+typedef _PyInterpreterFrame walk_t;
+#endif
+
+/* Frames from `f` outwards, leaf first, at most `max`; *truncated is set when there were more.
+ * Reads the interpreter's frames: no allocation, no frame objects. */
+static int
+walk_frames(walk_t *f, frame_t *out, int max, int *truncated)
+{
+    int depth = 0;
+#if PY_VERSION_HEX < 0x030B0000
+    for (; f != NULL; f = f->f_back) {
+        if (depth == max) {
             *truncated = 1;
             break;
         }
@@ -159,11 +157,6 @@ capture_stack(frame_t *out, int *truncated)
         depth++;
     }
 #else
-#  if PY_VERSION_HEX >= 0x030D0000
-    _PyInterpreterFrame *f = tstate->current_frame;
-#  else
-    _PyInterpreterFrame *f = tstate->cframe->current_frame;
-#  endif
     for (; f != NULL; f = f->previous) {
 #  if PY_VERSION_HEX >= 0x030C0000
         if (f->owner == FRAME_OWNED_BY_CSTACK || _PyFrame_IsIncomplete(f)) {
@@ -174,7 +167,7 @@ capture_stack(frame_t *out, int *truncated)
             continue;
         }
 #  endif
-        if (depth == MAX_FRAMES) {
+        if (depth == max) {
             *truncated = 1;
             break;
         }
@@ -195,6 +188,65 @@ capture_stack(frame_t *out, int *truncated)
     return depth;
 }
 
+/* The current thread's Python stack, leaf first, at most MAX_FRAMES. */
+static int
+capture_stack(frame_t *out, int *truncated)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyThreadState *tstate = PyThreadState_GetUnchecked();
+#else
+    PyThreadState *tstate = _PyThreadState_UncheckedGet();
+#endif
+    if (tstate == NULL) {
+        return 0;
+    }
+#if PY_VERSION_HEX < 0x030B0000
+    return walk_frames(tstate->frame, out, MAX_FRAMES, truncated);
+#elif PY_VERSION_HEX >= 0x030D0000
+    return walk_frames(tstate->current_frame, out, MAX_FRAMES, truncated);
+#else
+    return walk_frames(tstate->cframe->current_frame, out, MAX_FRAMES, truncated);
+#endif
+}
+
+static PyObject *
+stack_tuple(const frame_t *frames, int depth)
+{
+    PyObject *stack = PyTuple_New(depth);
+    for (int i = 0; stack != NULL && i < depth; i++) {
+        PyObject *frame = Py_BuildValue("(Oi)", frames[i].code, frames[i].lineno);
+        if (frame == NULL) {
+            Py_CLEAR(stack);
+            break;
+        }
+        PyTuple_SET_ITEM(stack, i, frame);
+    }
+    return stack;
+}
+
+#define MAX_SAMPLED_FRAMES 128
+
+/* frame_stack(frame): ((code, line), ...) from a frame object outwards, leaf first, at most
+ * 128 frames. For the CPU and wall samplers: walking f_back from Python would create a frame
+ * object for every level on 3.11+. The GIL keeps the frames' thread from running meanwhile. */
+static PyObject *
+frame_stack(PyObject *module, PyObject *frame)
+{
+    if (!PyFrame_Check(frame)) {
+        PyErr_SetString(PyExc_TypeError, "expected a frame");
+        return NULL;
+    }
+    frame_t frames[MAX_SAMPLED_FRAMES];
+    int truncated = 0;
+#if PY_VERSION_HEX < 0x030B0000
+    int depth = walk_frames((PyFrameObject *)frame, frames, MAX_SAMPLED_FRAMES, &truncated);
+#else
+    int depth = walk_frames(((PyFrameObject *)frame)->f_frame, frames, MAX_SAMPLED_FRAMES,
+                            &truncated);
+#endif
+    return stack_tuple(frames, depth);
+}
+
 /* current_stack(skip): the calling thread's stack as ((code, line), ...), leaf first, without
  * its `skip` innermost frames; cheaper than walking sys._getframe(), which creates frame
  * objects on Python 3.11+. */
@@ -211,16 +263,7 @@ current_stack(PyObject *module, PyObject *arg)
     if (skip < 0 || skip > depth) {
         skip = depth;
     }
-    PyObject *stack = PyTuple_New(depth - skip);
-    for (int i = (int)skip; stack != NULL && i < depth; i++) {
-        PyObject *frame = Py_BuildValue("(Oi)", frames[i].code, frames[i].lineno);
-        if (frame == NULL) {
-            Py_CLEAR(stack);
-            break;
-        }
-        PyTuple_SET_ITEM(stack, i - skip, frame);
-    }
-    return stack;
+    return stack_tuple(frames + skip, depth - (int)skip);
 }
 
 /* The line a suspended generator or coroutine stands at, read from its interpreter frame.
@@ -739,6 +782,8 @@ static PyMethodDef methods[] = {
     {"buckets", buckets_list, METH_NOARGS,
      "Sampled allocations: [(frames, allocs, frees, alloc_bytes, free_bytes)]."},
     {"stats", stats, METH_NOARGS, "The sampler's own counters."},
+    {"frame_stack", frame_stack, METH_O,
+     "frame_stack(frame): ((code, line), ...) from a frame outwards, without frame objects."},
     {"current_stack", current_stack, METH_O,
      "current_stack(skip): this thread's ((code, line), ...), leaf first, without frame objects."},
     {"suspended_line", suspended_line, METH_O,

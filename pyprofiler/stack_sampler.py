@@ -72,8 +72,17 @@ class StackSampler:
         _sampler_idents.add(threading.get_ident())
         interval = 1.0 / self.hz
         next_tick = time.monotonic() + interval
+        stopping = self._stopping
         try:
-            while not self._stopping.wait(max(0.0, next_tick - time.monotonic())):
+            while True:
+                # time.sleep, not Event.wait(timeout): a timed wait builds a lock and a waiter
+                # list each time, which was a fair part of a tick's cost. Stops within 50 ms.
+                delay = next_tick - time.monotonic()
+                while delay > 0 and not stopping.is_set():
+                    time.sleep(min(delay, 0.05))
+                    delay = next_tick - time.monotonic()
+                if stopping.is_set():
+                    break
                 self._tick(sys._current_frames())
                 next_tick += interval
                 now = time.monotonic()
@@ -113,13 +122,17 @@ class CpuSampler(StackSampler):
     ) -> dict[tuple[int, int], int]:
         # threading._active maps idents to Thread objects without taking threading's lock.
         threads = threading._active  # type: ignore[attr-defined]
+        read_clock = threadclock.thread_cpu_ns
+        native_id = creation.native_id
         current = {}
         for ident, frame in frames.items():
-            thread = threads.get(ident)
-            tid = creation.native_id(ident, thread)
-            if tid is None or ident in _sampler_idents:
+            if ident in _sampler_idents:
                 continue
-            cpu = threadclock.thread_cpu_ns(tid)
+            thread = threads.get(ident)
+            tid = native_id(ident, thread)
+            if tid is None:
+                continue
+            cpu = read_clock(tid)
             if cpu is None:  # Exited since _current_frames().
                 continue
             key = (ident, tid)

@@ -11,6 +11,7 @@ import types
 from typing import Union
 
 from pyprofiler.frames import FrameNamer
+from pyprofiler.native import native
 from pyprofiler.snapshot import Frame, Sample
 
 # Go's stack depth for its profiles since 1.23; deeper stacks keep their innermost frames.
@@ -27,7 +28,7 @@ _RESERVED = [
     Frame("[pyprofiler: frame table full]", "<pyprofiler>", 0, 0),
 ]
 
-_FrameEntry = Union[Frame, tuple[types.CodeType, int, object]]
+_FrameEntry = Union[Frame, tuple[types.CodeType, int]]
 
 
 class StackTable:
@@ -40,25 +41,25 @@ class StackTable:
         self.dropped_stacks = 0
         self.dropped_frames = 0
 
-    def _intern(self, key: tuple[types.CodeType, int], frame: types.FrameType) -> int:
+    def _intern(self, key: tuple[types.CodeType, int]) -> int:
         if len(self._frames) >= MAX_FRAMES:
             self.dropped_frames += 1
             return _FRAME_TABLE_FULL
         frame_id = self._frame_ids[key] = len(self._frames)
-        self._frames.append((key[0], key[1], frame.f_globals.get("__name__")))
+        self._frames.append(key)
         return frame_id
 
     def add(self, frame: types.FrameType, thread_name: str, value: int) -> None:
+        if native is not None:  # Reads the frames without creating frame objects (3.11+).
+            raw = native.frame_stack(frame)
+        else:
+            raw = []
+            while frame is not None and len(raw) < MAX_DEPTH:
+                raw.append((frame.f_code, frame.f_lineno))
+                frame = frame.f_back
         frame_ids = self._frame_ids
-        ids = []
-        while frame is not None and len(ids) < MAX_DEPTH:
-            key = (frame.f_code, frame.f_lineno)
-            frame_id = frame_ids.get(key)
-            if frame_id is None:
-                frame_id = self._intern(key, frame)
-            ids.append(frame_id)
-            frame = frame.f_back
-        stack_key = (tuple(ids), thread_name)
+        ids = tuple([frame_ids.get(key) or self._intern(key) for key in raw])
+        stack_key = (ids, thread_name)
         entry = self._stacks.get(stack_key)
         if entry is None:
             if len(self._stacks) >= MAX_STACKS:
