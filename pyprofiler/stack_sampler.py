@@ -82,6 +82,9 @@ class StackSampler:
                     time.sleep(min(delay, 0.05))
                     delay = next_tick - time.monotonic()
                 if stopping.is_set():
+                    # One last reading: the CPU used since the previous tick belongs in the
+                    # profile too (ticks can be far apart when many threads want the GIL).
+                    self._tick(sys._current_frames())
                     break
                 self._tick(sys._current_frames())
                 next_tick += interval
