@@ -799,7 +799,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "pyprofiler._native",
-    "Sampling allocation hooks (heap, allocs) and contention-reporting locks (block, mutex).", -1, methods,
+    "Sampling allocation hooks (heap, allocs) and contention-reporting locks (block, mutex).",
+    -1, methods,
 };
 
 PyMODINIT_FUNC

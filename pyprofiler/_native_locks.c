@@ -194,20 +194,19 @@ parse_acquire(PyObject *args, PyObject *kwargs, int *blocking, PyObject **timeou
     return PyArg_ParseTupleAndKeywords(args, kwargs, "|pO:acquire", keywords, blocking, timeout);
 }
 
-/* ---- Lock --------------------------------------------------------------------------------- */
+/* ---- what Lock and RLock share ------------------------------------------------------------ */
 
 typedef struct {
     PyObject_HEAD
     PyThread_type_lock lock;
-    int locked;
     contention_t contention;
     PyObject *weakreflist;
-} LockObject;
+} BaseLock;
 
 static PyObject *
-Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+base_new(PyTypeObject *type)
 {
-    LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    BaseLock *self = (BaseLock *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
     }
@@ -221,18 +220,52 @@ Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 static void
-Lock_dealloc(LockObject *self)
+base_dealloc(BaseLock *self, int held)
 {
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     if (self->lock != NULL) {
-        if (self->locked) {
+        if (held) {
             PyThread_release_lock(self->lock);
         }
         PyThread_free_lock(self->lock);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* After fork only this thread exists: whoever held the lock, or waited for it, is gone. */
+static int
+base_at_fork_reinit(BaseLock *self)
+{
+    PyThread_type_lock lock = PyThread_allocate_lock();
+    if (lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "can't allocate lock");
+        return -1;
+    }
+    PyThread_free_lock(self->lock);
+    self->lock = lock;
+    self->contention = (contention_t){0};
+    return 0;
+}
+
+/* ---- Lock --------------------------------------------------------------------------------- */
+
+typedef struct {
+    BaseLock base;
+    int locked;
+} LockObject;
+
+static PyObject *
+Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    return base_new(type);
+}
+
+static void
+Lock_dealloc(LockObject *self)
+{
+    base_dealloc(&self->base, self->locked);
 }
 
 static PyObject *
@@ -243,8 +276,9 @@ Lock_acquire(LockObject *self, PyObject *args, PyObject *kwargs)
     if (!parse_acquire(args, kwargs, &blocking, &timeout)) {
         return NULL;
     }
-    int acquired = acquire_timed((PyObject *)self, self->lock, &self->contention, blocking,
-                                 timeout);
+    BaseLock *base = &self->base;
+    int acquired =
+        acquire_timed((PyObject *)self, base->lock, &base->contention, blocking, timeout);
     if (acquired < 0) {
         return NULL;
     }
@@ -262,7 +296,7 @@ Lock_release(LockObject *self, PyObject *unused)
         return NULL;
     }
     self->locked = 0;
-    release_accounted((PyObject *)self, self->lock, &self->contention);
+    release_accounted((PyObject *)self, self->base.lock, &self->base.contention);
     Py_RETURN_NONE;
 }
 
@@ -281,16 +315,10 @@ Lock_locked(LockObject *self, PyObject *unused)
 static PyObject *
 Lock_at_fork_reinit(LockObject *self, PyObject *unused)
 {
-    /* After fork only this thread exists: whoever held the lock is gone. */
-    PyThread_type_lock lock = PyThread_allocate_lock();
-    if (lock == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "can't allocate lock");
+    if (base_at_fork_reinit(&self->base) < 0) {
         return NULL;
     }
-    PyThread_free_lock(self->lock);
-    self->lock = lock;
     self->locked = 0;
-    self->contention = (contention_t){0};
     Py_RETURN_NONE;
 }
 
@@ -325,49 +353,27 @@ static PyTypeObject LockType = {
     .tp_dealloc = (destructor)Lock_dealloc,
     .tp_repr = (reprfunc)Lock_repr,
     .tp_methods = Lock_methods,
-    .tp_weaklistoffset = offsetof(LockObject, weakreflist),
+    .tp_weaklistoffset = offsetof(LockObject, base.weakreflist),
 };
 
 /* ---- RLock -------------------------------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    PyThread_type_lock lock;
+    BaseLock base;
     unsigned long owner;
     unsigned long count;
-    contention_t contention;
-    PyObject *weakreflist;
 } RLockObject;
 
 static PyObject *
 RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    RLockObject *self = (RLockObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->lock = PyThread_allocate_lock();
-    if (self->lock == NULL) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_RuntimeError, "can't allocate lock");
-        return NULL;
-    }
-    return (PyObject *)self;
+    return base_new(type);
 }
 
 static void
 RLock_dealloc(RLockObject *self)
 {
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs((PyObject *)self);
-    }
-    if (self->lock != NULL) {
-        if (self->count > 0) {
-            PyThread_release_lock(self->lock);
-        }
-        PyThread_free_lock(self->lock);
-    }
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    base_dealloc(&self->base, self->count > 0);
 }
 
 static PyObject *
@@ -387,8 +393,9 @@ RLock_acquire(RLockObject *self, PyObject *args, PyObject *kwargs)
         self->count++;
         Py_RETURN_TRUE;
     }
-    int acquired = acquire_timed((PyObject *)self, self->lock, &self->contention, blocking,
-                                 timeout);
+    BaseLock *base = &self->base;
+    int acquired =
+        acquire_timed((PyObject *)self, base->lock, &base->contention, blocking, timeout);
     if (acquired < 0) {
         return NULL;
     }
@@ -408,7 +415,7 @@ RLock_release(RLockObject *self, PyObject *unused)
     }
     if (--self->count == 0) {
         self->owner = 0;
-        release_accounted((PyObject *)self, self->lock, &self->contention);
+        release_accounted((PyObject *)self, self->base.lock, &self->base.contention);
     }
     Py_RETURN_NONE;
 }
@@ -443,7 +450,7 @@ RLock_release_save(RLockObject *self, PyObject *unused)
     unsigned long count = self->count, owner = self->owner;
     self->count = 0;
     self->owner = 0;
-    release_accounted((PyObject *)self, self->lock, &self->contention);
+    release_accounted((PyObject *)self, self->base.lock, &self->base.contention);
     return Py_BuildValue("(kk)", count, owner);
 }
 
@@ -454,7 +461,7 @@ RLock_acquire_restore(RLockObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "(kk):_acquire_restore", &count, &owner)) {
         return NULL;
     }
-    if (acquire_timed((PyObject *)self, self->lock, &self->contention, 1, NULL) < 0) {
+    if (acquire_timed((PyObject *)self, self->base.lock, &self->base.contention, 1, NULL) < 0) {
         return NULL;
     }
     self->owner = owner;
@@ -465,16 +472,11 @@ RLock_acquire_restore(RLockObject *self, PyObject *args)
 static PyObject *
 RLock_at_fork_reinit(RLockObject *self, PyObject *unused)
 {
-    PyThread_type_lock lock = PyThread_allocate_lock();
-    if (lock == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "can't allocate lock");
+    if (base_at_fork_reinit(&self->base) < 0) {
         return NULL;
     }
-    PyThread_free_lock(self->lock);
-    self->lock = lock;
     self->owner = 0;
     self->count = 0;
-    self->contention = (contention_t){0};
     Py_RETURN_NONE;
 }
 
@@ -509,7 +511,7 @@ static PyTypeObject RLockType = {
     .tp_dealloc = (destructor)RLock_dealloc,
     .tp_repr = (reprfunc)RLock_repr,
     .tp_methods = RLock_methods,
-    .tp_weaklistoffset = offsetof(RLockObject, weakreflist),
+    .tp_weaklistoffset = offsetof(RLockObject, base.weakreflist),
 };
 
 /* ---- module functions -------------------------------------------------------------------- */
