@@ -28,33 +28,25 @@ from __future__ import annotations
 
 import _thread
 import argparse
-import json
 import os
 import platform
 import queue
-import resource
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
+from common import HTTP_CLIENTS, MIN_PAIRS, QUIET_CPUS, MachineLoad, QuietHandler, abba, load
 from flask import Flask
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import make_server
 
 import pyprofiler
 from pyprofiler import locks
 from pyprofiler.native import native
 
-LOADGEN = Path(__file__).with_name("loadgen.py")  # Shared with benchmarks/overhead.py.
 HOST = "127.0.0.1"
-HTTP_CLIENTS = 8
 MAX_REQUESTS = 500_000  # Per block; the block's duration is what normally ends it.
-QUIET_CPUS = 0.1
-MIN_PAIRS = 3
 LOCKED_ITERATIONS = 1_000  # CPU work with the route's lock held (~0.05 ms),
 LOCKED_SLEEP = 0.0001  # and a short wait for something else (a cache, a pool): contention.
 # (--locked-sleep changes it; 0 leaves the route's lock nearly uncontended.)
@@ -81,39 +73,11 @@ def set_rates(on: bool) -> None:
     pyprofiler.set_mutex_profile_fraction(1 if on else 0)
 
 
-class MachineLoad:
-    """CPUs used by other processes since creation: the machine's non-idle time from
-    /proc/stat less this process's and its waited-for children's (the load generator's)."""
-
-    def __init__(self) -> None:
-        self._start = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float, float]:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()
-        idle = (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
-        own = sum(
-            usage.ru_utime + usage.ru_stime
-            for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        )
-        return idle, own, time.monotonic()
-
-    def others(self) -> float:
-        idle, own, wall = (end - start for end, start in zip(self._read(), self._start))
-        return max(0.0, (os.cpu_count() or 1) - (idle + own) / wall)
-
-
 @dataclass
 class Block:
     on: bool  # B: the instrumented side
     value: float  # seconds for (a), requests/s for (b)
     others: float
-
-
-def abba(pairs: int) -> list[bool]:
-    """Whether each block is the B side: False, True, True, False, False, True, True, ..."""
-    return [(i + 1) // 2 % 2 == 1 for i in range(2 * pairs)]
 
 
 def run_abba(pairs: int, block: Callable[[bool], float]) -> list[Block]:
@@ -274,27 +238,6 @@ def create_app(state: list[RouteState], locked_sleep: float) -> Flask:
     return app
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: object, **kwargs: object) -> None:
-        pass
-
-
-def load(port: int, seconds: float) -> dict:
-    """One bounded run of the load generator against 127.0.0.1:port."""
-    completed = subprocess.run(
-        [sys.executable, str(LOADGEN), f"--port={port}", f"--seconds={seconds}"]
-        + [f"--clients={HTTP_CLIENTS}", f"--max-requests={MAX_REQUESTS}"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    )
-    result = json.loads(completed.stdout)
-    if result["errors"]:
-        print(f"    load generator: {result['errors']} errors, first {result['first_error']}")
-    return result
-
-
 def contentions(name: str) -> tuple[int, int]:
     """Contentions recorded so far in profile `name`: in all, and in the route's frames."""
     samples = pyprofiler.lookup(name).snapshot().samples
@@ -332,7 +275,7 @@ def workload_b(plan: Plan, locked_sleep: float) -> None:
     )
     state = [RouteState()]
     app = create_app(state, locked_sleep)
-    server = make_server(HOST, 0, app, threaded=True, request_handler=_QuietHandler)
+    server = make_server(HOST, 0, app, threaded=True, request_handler=QuietHandler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
@@ -341,7 +284,7 @@ def workload_b(plan: Plan, locked_sleep: float) -> None:
     def block(on: bool) -> float:
         set_rates(on)
         state[0] = RouteState()
-        result = load(server.server_port, plan.http_seconds)
+        result = load(server.server_port, plan.http_seconds, MAX_REQUESTS)
         set_rates(False)
         results[on].append(result)
         return result["requests"] / result["seconds"]

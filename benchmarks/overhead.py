@@ -22,34 +22,27 @@ is a measurement, not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from werkzeug.serving import WSGIRequestHandler, make_server
+from common import HTTP_CLIENTS, MIN_PAIRS, QUIET_CPUS, MachineLoad, QuietHandler, abba, load
+from werkzeug.serving import make_server
 from workloads import Crowd, Split, create_app
 
 from pyprofiler import proto, stack_sampler
 from pyprofiler.snapshot import Snapshot
 from pyprofiler.stack_sampler import CpuSampler
 
-LOADGEN = Path(__file__).with_name("loadgen.py")
 HOST = "127.0.0.1"
-HTTP_CLIENTS = 8
 UNLIMITED_ROUNDS = 1 << 40  # For work that is halted rather than run to the end.
 # A pair of blocks during which other processes used more CPUs than this is not quiet: figures
 # come from the quiet pairs only, unless there are fewer than MIN_PAIRS of them.
-QUIET_CPUS = 0.1
-MIN_PAIRS = 3
 
 
 @dataclass(frozen=True)
@@ -67,31 +60,6 @@ class Plan:
 # starts a load generator process and its connections.
 FULL = Plan(pairs=80, block_seconds=0.25, http_pairs=12, http_seconds=3.0, ticks=200)
 QUICK = Plan(pairs=8, block_seconds=0.25, http_pairs=2, http_seconds=2.0, ticks=40)
-
-
-class MachineLoad:
-    """CPUs that other processes used: on a 2-core machine anything else running disturbs the
-    figures. Linux only, as the CPU profile is: the machine's idle time from /proc/stat, this
-    process's and its waited-for children's (the load generator's) CPU from getrusage()."""
-
-    def __init__(self) -> None:
-        self._start = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float, float]:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()
-        idle = (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
-        own = sum(
-            usage.ru_utime + usage.ru_stime
-            for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        )
-        return idle, own, time.monotonic()
-
-    def others(self) -> float:
-        """CPUs, on average since creation, neither idle nor used by this process."""
-        idle, own, wall = (end - start for end, start in zip(self._read(), self._start))
-        return (os.cpu_count() or 1) - (idle + own) / wall
 
 
 @dataclass
@@ -119,11 +87,6 @@ def run_block(profiled: bool, work: Callable[[], Any], hz: int) -> Block:
     sampler_cpu_ns = sampler.own_cpu_ns if sampler is not None else 0
     others = machine.others()
     return Block(profiled, seconds, process_cpu_ns, sampler_cpu_ns, snapshot, result, others)
-
-
-def abba(pairs: int) -> list[bool]:
-    """Whether each block is profiled: False, True, True, False, False, True, True, ..."""
-    return [(i + 1) // 2 % 2 == 1 for i in range(2 * pairs)]
 
 
 def run_abba(pairs: int, work: Callable[[], Any], hz: int) -> list[Block]:
@@ -320,31 +283,9 @@ def workload_b(plan: Plan, hz: int) -> None:
     figure("(b) profile cpu total / process CPU", spread(totals, ".3f"), "(no bar)")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    # An access log line per request would cost the server more than the profiler does.
-    def log_request(self, *args: object, **kwargs: object) -> None:
-        pass
-
-
-def load(port: int, seconds: float) -> dict:
-    """One bounded run of the load generator against 127.0.0.1:port."""
-    completed = subprocess.run(
-        [sys.executable, str(LOADGEN), f"--port={port}", f"--seconds={seconds}"]
-        + [f"--clients={HTTP_CLIENTS}"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    )
-    result = json.loads(completed.stdout)
-    if result["errors"]:
-        print(f"    load generator: {result['errors']} errors, first {result['first_error']}")
-    return result
-
-
 def workload_c(plan: Plan, hz: int) -> None:
     print(f"(c) Flask app, werkzeug threaded server, {HTTP_CLIENTS} keep-alive clients")
-    server = make_server(HOST, 0, create_app(), threaded=True, request_handler=_QuietHandler)
+    server = make_server(HOST, 0, create_app(), threaded=True, request_handler=QuietHandler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
