@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from typing import Any, Callable
 
 from pyprofiler import creation, registry
@@ -113,21 +114,27 @@ def _lock_label(frame: types.FrameType | None, lock: object) -> str:
     return primitive
 
 
-# (id(lock), code of the first frame outside the synchronization modules) -> label: finding
-# the variable that holds a lock reads frame locals, too slow to repeat on every event.
-_labels: dict[tuple[int, object], str] = {}
+# (id(lock), code of the first frame outside the synchronization modules) -> (weak reference
+# to the lock, label): finding the variable that holds a lock reads frame locals, too slow to
+# repeat on every event. The weak reference tells a reused id from the same lock.
+_labels: dict[tuple[int, object], tuple[weakref.ref, str]] = {}
 MAX_LABELS = 4096
 
 
 def _label_for(raw: tuple, skip: int, lock: object) -> str:
     site = next((code for code, _ in raw if not code.co_filename.startswith(_SYNC_FILES)), None)
     key = (id(lock), site)
-    label = _labels.get(key)
-    if label is None:
-        label = _lock_label(sys._getframe(skip + 2), lock)
-        if len(_labels) >= MAX_LABELS:
-            _labels.clear()
-        _labels[key] = label
+    cached = _labels.get(key)
+    if cached is not None and cached[0]() is lock:
+        return cached[1]
+    label = _lock_label(sys._getframe(skip + 2), lock)
+    try:
+        reference = weakref.ref(lock)
+    except TypeError:  # Not weakly referenceable: computed each time.
+        return label
+    if len(_labels) >= MAX_LABELS:
+        _labels.clear()
+    _labels[key] = (reference, label)
     return label
 
 
