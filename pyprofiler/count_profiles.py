@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 
 from pyprofiler import creation, goroutines, registry
 from pyprofiler.errors import PyprofilerError
 from pyprofiler.frames import FrameNamer
 from pyprofiler.render_text import GoroutineText, count_text, goroutine_dump
 from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
+from pyprofiler.stalls import release_gradually
 
 _THREADCREATE_FULL = Frame("[pyprofiler: threadcreate table full]", "<pyprofiler>", 0, 0)
 # Go's name for an entry whose stack could not be recorded.
@@ -28,7 +29,7 @@ Labels = tuple  # ((key, value), ...)
 class CountProfile(registry.Profile):
     supports_delta = True
 
-    def counted_stacks(self) -> list[tuple[tuple[Frame, ...], Labels, int]]:
+    def counted_stacks(self) -> Iterable[tuple[tuple[Frame, ...], Labels, int]]:
         """(frames leaf first, labels, count) entries; equal entries are summed."""
         raise NotImplementedError
 
@@ -37,14 +38,14 @@ class CountProfile(registry.Profile):
         for frames, labels, count in self.counted_stacks():
             counts[(frames, labels)] += count
         value_type = ValueType(self.name, "count")
+        samples = [Sample(frames, (count,), labels) for (frames, labels), count in counts.items()]
+        release_gradually(counts)
         return Snapshot(
             sample_types=(value_type,),
             period_type=value_type,
             period=1,
             time_nanos=time.time_ns(),
-            samples=[
-                Sample(frames, (count,), labels) for (frames, labels), count in counts.items()
-            ],
+            samples=samples,
         )
 
     def text(self, debug: int) -> Iterable[str]:
@@ -57,43 +58,48 @@ class CountProfile(registry.Profile):
 
 class GoroutineProfile(CountProfile):
     name = "goroutine"
-    pauses_gc = True  # Tens of thousands of tasks: see gcpause.
+    pauses_gc = True  # Tens of thousands of tasks: see stalls.
     description = (
         "Stack traces of all current goroutines. Use debug=2 as a query parameter to export in "
         "the same format as an unrecovered panic."
     )
 
     def count(self) -> int:
-        return len(sys._current_frames()) + len(goroutines.pending_tasks())
+        return (
+            len(sys._current_frames())
+            + len(goroutines.pending_tasks())
+            + len(goroutines.suspended_greenlets())
+        )
 
-    def counted_stacks(self) -> list[tuple[tuple[Frame, ...], Labels, int]]:
+    def counted_stacks(self) -> Iterator[tuple[tuple[Frame, ...], Labels, int]]:
         namer = FrameNamer()
-        return [
-            (namer.stack(g.stack), (("kind", g.kind), (g.kind, g.name)), 1)
-            for g in goroutines.goroutines()
-        ]
+        for g in goroutines.goroutines():
+            yield namer.stack(g.stack), (("kind", g.kind), (g.kind, g.name)), 1
 
     def text(self, debug: int) -> Iterable[str]:
         if debug < 2:
             return super().text(debug)
+        return self._dump()
+
+    def _dump(self) -> Iterator[str]:
         namer = FrameNamer()
         requester = creation.current_goroutine_id()
-        return goroutine_dump(
-            [
-                GoroutineText(
-                    g.id,
-                    g.kind,
-                    g.name,
-                    g.state,
-                    g.age_seconds,
-                    namer.stack(g.stack),
-                    namer.stack(g.creation.stack) if g.creation else (),
-                    g.creation.creator_id if g.creation else 0,
-                )
-                # The goroutine that asked comes first, as in Go's dump.
-                for g in sorted(goroutines.goroutines(), key=lambda g: g.id != requester)
-            ]
+        # The goroutine that asked comes first, as in Go's dump.
+        everything = sorted(goroutines.goroutines(), key=lambda g: g.id != requester)
+        yield from goroutine_dump(
+            GoroutineText(
+                g.id,
+                g.kind,
+                g.name,
+                g.state,
+                g.age_seconds,
+                namer.stack(g.stack),
+                namer.stack(g.creation.stack) if g.creation else (),
+                g.creation.creator_id if g.creation else 0,
+            )
+            for g in everything
         )
+        release_gradually(everything)
 
 
 class ThreadCreateProfile(CountProfile):

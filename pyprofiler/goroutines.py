@@ -1,14 +1,18 @@
-"""Every thread and every pending asyncio task of the process, as Go's goroutines.
+"""Every thread, every pending asyncio task and every switched-out greenlet of the process, as
+Go's goroutines.
 
 Threads come from sys._current_frames(); tasks from asyncio's own registry of live tasks, read
 without calling into any event loop (a snapshot of the weak set is taken in one C-level copy, and
 coroutine await chains are read as plain attributes), so inspecting another thread's loop never
-blocks or breaks it.
+blocks or breaks it; greenlets, which keep no registry, from the cyclic collector's list of
+objects, and only once the program has imported greenlet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import linecache
 import os
 import sys
@@ -16,11 +20,13 @@ import threading
 import time
 import types
 import weakref
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from pyprofiler import creation
 from pyprofiler.creation import CreationInfo, RawStack
 from pyprofiler.native import native
+from pyprofiler.stalls import release_gradually
 
 MAX_DEPTH = 128
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -171,52 +177,87 @@ def _thread_age(tid: int | None, info: CreationInfo | None) -> float | None:
     return uptime - start_ticks / _CLOCK_TICKS
 
 
+def _thread_goroutine(ident: int, top: types.FrameType, by_ident: dict) -> Goroutine:
+    thread = by_ident.get(ident)
+    tid = creation.native_id(ident, thread)
+    if thread is not None:
+        info, name = creation.thread_creation(thread), thread.name
+    else:  # Started by _thread or a C extension: no threading name.
+        info, name = creation.low_level_creation(ident), f"_thread-{ident}"
+    return Goroutine(
+        id=creation.thread_goroutine_id(ident, thread),
+        kind="thread",
+        name=name,
+        state=thread_state(tid, top),
+        age_seconds=_thread_age(tid, info),
+        stack=creation.raw_stack(top, MAX_DEPTH),
+        creation=info,
+    )
+
+
 def threads() -> list[Goroutine]:
     frames = sys._current_frames()
-    by_ident = dict(threading._active)  # type: ignore[attr-defined]
-    result = []
-    for ident, top in frames.items():
-        thread = by_ident.get(ident)
-        tid = creation.native_id(ident, thread)
-        if thread is not None:
-            info, name = creation.thread_creation(thread), thread.name
-        else:  # Started by _thread or a C extension: no threading name.
-            info, name = creation.low_level_creation(ident), f"_thread-{ident}"
-        result.append(
-            Goroutine(
-                id=creation.thread_goroutine_id(ident, thread),
-                kind="thread",
-                name=name,
-                state=thread_state(tid, top),
-                age_seconds=_thread_age(tid, info),
-                stack=creation.raw_stack(top, MAX_DEPTH),
-                creation=info,
-            )
-        )
-    creation.forget_untracked_except(set(frames))
-    return result
+    try:
+        by_ident = dict(threading._active)  # type: ignore[attr-defined]
+        result = [_thread_goroutine(ident, top, by_ident) for ident, top in frames.items()]
+        creation.forget_untracked_except(set(frames))
+        return result
+    finally:
+        # The dict holds this very frame: kept, the two would form a cycle that keeps the locals
+        # of every caller (a whole profile being built) alive until a collection finds it.
+        del frames
 
 
-def tasks() -> list[Goroutine]:
-    result = []
+def tasks() -> Iterator[Goroutine]:
+    """Pending tasks one at a time: a list of tens of thousands would be freed in one piece."""
     now = time.time_ns()
     for task in pending_tasks():
         stack, state = await_chain(task)
         info = creation.task_creation(task)
-        result.append(
-            Goroutine(
-                id=creation.goroutine_id(task),
-                kind="task",
-                name=task.get_name(),
-                state=state,
-                age_seconds=(now - info.created_ns) / 1e9 if info else None,
-                stack=stack,
-                creation=info,
-            )
+        yield Goroutine(
+            id=creation.goroutine_id(task),
+            kind="task",
+            name=task.get_name(),
+            state=state,
+            age_seconds=(now - info.created_ns) / 1e9 if info else None,
+            stack=stack,
+            creation=info,
         )
-    return result
 
 
-def goroutines() -> list[Goroutine]:
-    """All threads, then all pending tasks."""
-    return threads() + tasks()
+def suspended_greenlets() -> list:
+    greenlet_module = sys.modules.get("greenlet")
+    if greenlet_module is None:
+        return []
+    greenlet_type = greenlet_module.greenlet
+    # Greenlets keep no registry of themselves: find them among the collector's objects.
+    everything = gc.get_objects()
+    try:
+        return [
+            candidate
+            for candidate in everything
+            if isinstance(candidate, greenlet_type) and candidate.gr_frame is not None
+        ]
+    finally:
+        release_gradually(everything)
+
+
+def greenlets() -> Iterator[Goroutine]:
+    """Switched-out greenlets (gevent, eventlet), when the program imported greenlet. A thread's
+    running greenlet is not listed: its stack is the thread's."""
+    for suspended in suspended_greenlets():
+        name = getattr(suspended, "name", None)
+        yield Goroutine(
+            id=creation.goroutine_id(suspended),
+            kind="greenlet",
+            name=name if isinstance(name, str) else f"greenlet-{id(suspended):x}",
+            state="switched out",
+            age_seconds=None,
+            stack=creation.raw_stack(suspended.gr_frame, MAX_DEPTH),
+            creation=None,
+        )
+
+
+def goroutines() -> Iterator[Goroutine]:
+    """All threads, then all pending tasks, then all switched-out greenlets."""
+    return itertools.chain(threads(), tasks(), greenlets())

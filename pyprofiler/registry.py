@@ -16,8 +16,8 @@ from typing import IO
 
 from pyprofiler import proto
 from pyprofiler.errors import PyprofilerError
-from pyprofiler.gcpause import gc_paused
 from pyprofiler.snapshot import Snapshot
+from pyprofiler.stalls import gc_paused, pack, release_gradually, unpack
 
 
 class Profile:
@@ -32,7 +32,7 @@ class Profile:
     description: str = ""
     timed: bool = False
     supports_delta: bool = False  # Go's `?seconds=N` on an instant profile.
-    # Profiles that allocate a lot while being built pause the cyclic GC meanwhile (gcpause).
+    # Profiles that can be very large are built with the cyclic GC paused (see stalls).
     pauses_gc: bool = False
 
     def count(self) -> int:
@@ -67,16 +67,27 @@ class Profile:
                 for chunk in self.text(debug):
                     file.write(chunk.encode("utf-8"))
             else:
-                proto.write(self.snapshot(), file)
+                self._write_and_release(self.snapshot(), file)
+
+    def _write_and_release(self, snapshot: Snapshot, file: IO[bytes]) -> None:
+        proto.write(snapshot, file)
+        release_gradually(snapshot.samples)
 
     def write_delta(self, file: IO[bytes], seconds: float) -> None:
         """Write what changed over `seconds`: two snapshots, the first subtracted from the
         second, as Go's `?seconds=N` on a named profile."""
         with self._building():
             before = self.snapshot()
+            # Kept as bytes while waiting: the collections that run meanwhile would otherwise
+            # traverse every sample of a large profile, holding the GIL for tens of ms.
+            packed = pack(before.samples)
         time.sleep(seconds)
         with self._building():
-            proto.write(self.snapshot().subtract(before), file)
+            before.samples = unpack(packed)
+            after = self.snapshot()
+            self._write_and_release(after.subtract(before), file)
+            release_gradually(after.samples)
+            release_gradually(before.samples)
 
 
 _lock = threading.Lock()

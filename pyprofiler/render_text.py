@@ -16,6 +16,26 @@ _TAB_WIDTH = 8
 _PADDING = 1
 
 
+def _set_widths(
+    rows: list[list[str]], widths: list[list[int]], column: int, start: int, end: int
+) -> None:
+    """Widths of `column` for rows[start:end], block by block, then of the next column within
+    each block. (A module function: a recursive closure would be a reference cycle.)"""
+    i = start
+    while i < end:
+        if column >= len(rows[i]) - 1:
+            i += 1
+            continue
+        j, width = i, 1
+        while j < end and column < len(rows[j]) - 1:
+            width = max(width, len(rows[j][column]) + _PADDING)
+            j += 1
+        for k in range(i, j):
+            widths[k][column] = width
+        _set_widths(rows, widths, column + 1, i, j)
+        i = j
+
+
 def tabwrite(lines: Sequence[str]) -> str:
     """Align tab-separated cells as Go's tabwriter.NewWriter(w, 1, 8, 1, '\\t', 0) does.
 
@@ -24,23 +44,7 @@ def tabwrite(lines: Sequence[str]) -> str:
     """
     rows = [line.split("\t") for line in lines]
     widths: list[list[int]] = [[0] * (len(row) - 1) for row in rows]
-
-    def format_column(column: int, start: int, end: int) -> None:
-        i = start
-        while i < end:
-            if column >= len(rows[i]) - 1:
-                i += 1
-                continue
-            j, width = i, 1
-            while j < end and column < len(rows[j]) - 1:
-                width = max(width, len(rows[j][column]) + _PADDING)
-                j += 1
-            for k in range(i, j):
-                widths[k][column] = width
-            format_column(column + 1, i, j)
-            i = j
-
-    format_column(0, 0, len(rows))
+    _set_widths(rows, widths, 0, 0, len(rows))
     out = []
     for row, row_widths in zip(rows, widths):
         parts = []
@@ -127,7 +131,7 @@ def _age(seconds: float | None) -> str:
     return f", {int(seconds)} seconds"
 
 
-def goroutine_dump(goroutines: Sequence[GoroutineText]) -> Iterator[str]:
+def goroutine_dump(goroutines: Iterable[GoroutineText]) -> Iterator[str]:
     """Go's full dump (goroutine?debug=2): one block per thread or task, then who created it.
 
     Yields a block at a time: a dump of tens of thousands of tasks joined into one string would

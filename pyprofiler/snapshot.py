@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from pyprofiler.stalls import release_gradually
+
 
 class Frame(NamedTuple):
     """One stack frame: a function (name, file, first line) and the line being executed."""
@@ -56,6 +58,7 @@ class Snapshot:
             for (frames, labels, num_labels), values in totals.items()
             if any(values)
         ]
+        release_gradually(totals)
         return replace(self, samples=samples, duration_nanos=self.time_nanos - base.time_nanos)
 
     def total(self, sample_type: str) -> int:

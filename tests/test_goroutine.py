@@ -8,15 +8,18 @@ import _thread
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import inspect
 import io
 import linecache
+import os
 import queue
 import re
 import select
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +28,8 @@ import requests
 from conftest import go_pprof, pprof_traces, top_counts, wait_until
 
 import pyprofiler
-from pyprofiler import registry
+from pyprofiler import goroutines, registry
+from pyprofiler.snapshot import Sample
 
 MOD = __name__
 TIMEOUT = 30  # Per HTTP request.
@@ -56,7 +60,7 @@ def line_of(function, text: str) -> int:
 # --- The full dump (debug=2), parsed.
 
 _HEADER = re.compile(
-    r'^goroutine (\d+) \[(.*?)(?:, (\d+) (seconds|minutes))?\]: (thread|task) "(.*)"$'
+    r'^goroutine (\d+) \[(.*?)(?:, (\d+) (seconds|minutes))?\]: (thread|task|greenlet) "(.*)"$'
 )
 _CREATED_BY = re.compile(r"^created by (\S+) in goroutine (\d+)$")
 
@@ -442,6 +446,43 @@ def test_loop_keeps_running_after_its_tasks_are_profiled(server):
     assert all(task.done() and not task.cancelled() for task in flight.tasks)
 
 
+def _garbage_of_the_profiler() -> list:
+    """What a collection finds unreachable that pyprofiler built: cycles it left behind."""
+    package = os.path.dirname(pyprofiler.__file__)
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return [
+            garbage
+            for garbage in gc.garbage
+            if isinstance(garbage, (goroutines.Goroutine, Sample))
+            or (
+                isinstance(garbage, types.FrameType)
+                and garbage.f_code.co_filename.startswith(package)
+            )
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def test_writing_the_profile_leaves_no_reference_cycles():
+    """A cycle through a profile's frames would keep the whole profile alive until the next
+    collection, which then holds the GIL for as long as it takes to traverse it."""
+    profile = pyprofiler.lookup("goroutine")
+    with requests_in_flight(200):
+        gc.collect()
+        gc.disable()
+        try:
+            for debug in (0, 1, 2):
+                profile.write_to(io.BytesIO(), debug=debug)
+                assert _garbage_of_the_profiler() == [], f"debug={debug}"
+            profile.write_delta(io.BytesIO(), 0.05)
+            assert _garbage_of_the_profiler() == [], "delta"
+        finally:
+            gc.enable()
+
+
 async def short_request(index: int) -> int:
     await asyncio.sleep(0)
     return index
@@ -468,6 +509,54 @@ def test_profiling_a_busy_loop_never_breaks_it(server):
         finally:
             stop.set()
         assert rounds.result(timeout=30) > 0
+
+
+def parked_greenlet(parent) -> None:
+    parent.switch()
+
+
+def greenlet_body(parent) -> None:
+    parked_greenlet(parent)
+
+
+@contextlib.contextmanager
+def switched_out_greenlets(count: int):
+    """`count` greenlets switched out in greenlet_body -> parked_greenlet; finished on exit."""
+    import greenlet  # A test extra; imported here so that other tests run without it.
+
+    parent = greenlet.getcurrent()
+    parked = [greenlet.greenlet(greenlet_body) for _ in range(count)]
+    for g in parked:
+        g.switch(parent)
+    try:
+        yield parked
+    finally:
+        for g in parked:
+            g.switch()
+        assert all(g.dead for g in parked)
+
+
+GREENLET_STACK = [f"{MOD}.parked_greenlet", f"{MOD}.greenlet_body"]
+
+
+def test_switched_out_greenlets_are_goroutines(server, tmp_path):
+    with switched_out_greenlets(7) as parked:
+        path = download(server, "goroutine", tmp_path / "goroutine.pb.gz")
+        dumped = [
+            g for g in parse_dump(get(server, "goroutine?debug=2").text) if g.kind == "greenlet"
+        ]
+        count = pyprofiler.lookup("goroutine").count()
+    top = top_counts(go_pprof(["-top", "-tagfocus", "kind=greenlet"], path))
+    assert top[GREENLET_STACK[0]] == (7, 7)
+    assert top[GREENLET_STACK[1]] == (0, 7)
+    assert len(dumped) == 7
+    assert all(g.functions == GREENLET_STACK and g.state == "switched out" for g in dumped)
+    assert len({g.id for g in dumped}) == 7
+    assert count >= 7 + 1  # The greenlets and at least this thread.
+    # Finished greenlets are gone.
+    assert all(g.dead for g in parked)
+    after = parse_dump(get(server, "goroutine?debug=2").text)
+    assert not [g for g in after if g.kind == "greenlet"]
 
 
 async def dump_from_inside() -> str:
