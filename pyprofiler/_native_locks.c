@@ -112,8 +112,9 @@ ensure_table(table_t *t)
     return 0;
 }
 
-/* The entry for (stack, kind); NULL when there is none and `label` is NULL. Otherwise one is
- * made with that label, or the overflow entry stands for it when the table is full. */
+/* The entry for (stack, kind), or the overflow entry when the table is full; when there is
+ * neither, one made with `label`, or NULL if `label` is NULL (the caller has one computed: a
+ * full table then never costs a label per event). */
 static entry_t *
 find_entry(table_t *t, uint64_t hash, PyObject *kind, const frame_t *frames, int depth,
            PyObject *label)
@@ -124,12 +125,13 @@ find_entry(table_t *t, uint64_t hash, PyObject *kind, const frame_t *frames, int
     for (size_t i = (size_t)hash % CONTENTION_SLOTS;; i = (i + 1) % CONTENTION_SLOTS) {
         uint32_t index = t->slots[i];
         if (index == 0) {
+            if (t->used > MAX_CONTENTION_ENTRIES) {
+                return t->entries[0];
+            }
             if (label == NULL) {
                 return NULL;
             }
-            entry_t *entry = t->used > MAX_CONTENTION_ENTRIES
-                                 ? NULL
-                                 : new_entry(hash, kind, label, frames, depth);
+            entry_t *entry = new_entry(hash, kind, label, frames, depth);
             if (entry == NULL) {
                 return t->entries[0];
             }
