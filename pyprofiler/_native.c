@@ -37,11 +37,6 @@
 #define MIN_TRACKED_SLOTS 4096
 
 typedef struct {
-    PyObject *code; /* strong reference, released only by reset() */
-    int lineno;
-} frame_t;
-
-typedef struct {
     uint64_t hash;
     size_t size;
     uint64_t allocs;
@@ -49,7 +44,7 @@ typedef struct {
     uint64_t alloc_bytes; /* allocs * size, except in the overflow bucket, whose sizes vary */
     uint64_t free_bytes;
     int depth;
-    frame_t frames[]; /* leaf first */
+    frame_t frames[]; /* leaf first; each code object referenced until reset() */
 } bucket_t;
 
 typedef struct {
@@ -188,9 +183,8 @@ walk_frames(walk_t *f, frame_t *out, int max, int *truncated)
     return depth;
 }
 
-/* The current thread's Python stack, leaf first, at most MAX_FRAMES. */
-static int
-capture_stack(frame_t *out, int *truncated)
+int
+capture_stack(frame_t *out, int max, int *truncated)
 {
 #if PY_VERSION_HEX >= 0x030D0000
     PyThreadState *tstate = PyThreadState_GetUnchecked();
@@ -201,15 +195,15 @@ capture_stack(frame_t *out, int *truncated)
         return 0;
     }
 #if PY_VERSION_HEX < 0x030B0000
-    return walk_frames(tstate->frame, out, MAX_FRAMES, truncated);
+    return walk_frames(tstate->frame, out, max, truncated);
 #elif PY_VERSION_HEX >= 0x030D0000
-    return walk_frames(tstate->current_frame, out, MAX_FRAMES, truncated);
+    return walk_frames(tstate->current_frame, out, max, truncated);
 #else
-    return walk_frames(tstate->cframe->current_frame, out, MAX_FRAMES, truncated);
+    return walk_frames(tstate->cframe->current_frame, out, max, truncated);
 #endif
 }
 
-static PyObject *
+PyObject *
 stack_tuple(const frame_t *frames, int depth)
 {
     PyObject *stack = PyTuple_New(depth);
@@ -259,7 +253,7 @@ current_stack(PyObject *module, PyObject *arg)
     }
     frame_t frames[MAX_FRAMES];
     int truncated = 0;
-    int depth = capture_stack(frames, &truncated);
+    int depth = capture_stack(frames, MAX_FRAMES, &truncated);
     if (skip < 0 || skip > depth) {
         skip = depth;
     }
@@ -297,7 +291,7 @@ suspended_line(PyObject *module, PyObject *gen)
     return PyLong_FromLong(line);
 }
 
-static uint64_t
+uint64_t
 hash_stack(const frame_t *frames, int depth, size_t size)
 {
     uint64_t h = 1469598103934665603ULL ^ (uint64_t)size;
@@ -309,7 +303,7 @@ hash_stack(const frame_t *frames, int depth, size_t size)
 }
 
 /* Field by field: frame_t has padding, which memcmp would compare too. */
-static int
+int
 same_frames(const frame_t *a, const frame_t *b, int depth, int other_depth)
 {
     if (depth != other_depth) {
@@ -476,7 +470,7 @@ sample(void *ptr, size_t size)
     in_hook = 1;
     samples_taken++;
     int truncated = 0;
-    int depth = capture_stack(frames, &truncated);
+    int depth = capture_stack(frames, MAX_FRAMES, &truncated);
     truncated_stacks += truncated;
     uint32_t bucket = find_bucket(frames, depth, size);
     bucket_t *b = buckets[bucket];
@@ -792,8 +786,13 @@ static PyMethodDef methods[] = {
     {"reset", reset, METH_NOARGS, "Forget every sample."},
     {"after_fork_in_child", after_fork_in_child, METH_NOARGS, "Clean state in a forked child."},
     {"set_lock_profiling", set_lock_profiling, METH_VARARGS,
-     "set_lock_profiling(block_rate_ns, mutex_fraction, on_block, on_mutex): what the Lock and "
-     "RLock types report, and to whom."},
+     "set_lock_profiling(block_rate_ns, mutex_fraction, label_lock): what the Lock and RLock "
+     "types record, and what labels a new entry (label_lock(lock) -> str, or None not to "
+     "record)."},
+    {"lock_contentions", lock_contentions, METH_O,
+     "lock_contentions('block' or 'mutex'): [(((code, line), ...), label, count, delay_ns)]."},
+    {"clear_lock_contentions", clear_lock_contentions, METH_NOARGS,
+     "Forget every contention the Lock and RLock types recorded."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,9 +8,26 @@
 /* A fast pseudo-random number for sampling decisions (call with the GIL held). */
 uint64_t native_random(void);
 
-/* _native_locks.c: the Lock and RLock types, and the function that sets their hooks. */
+/* One Python frame of a captured stack. */
+typedef struct {
+    PyObject *code; /* borrowed while capturing; whoever keeps the frame holds a reference */
+    int lineno;
+} frame_t;
+
+/* The current thread's Python stack, leaf first, at most `max` frames (*truncated is set when
+ * there were more). Reads the interpreter's frames: no allocation, no frame objects. */
+int capture_stack(frame_t *out, int max, int *truncated);
+/* ((code, line), ...) for frames, leaf first. */
+PyObject *stack_tuple(const frame_t *frames, int depth);
+/* A hash of the frames, mixed with `seed`, and their equality, for tables keyed by stack. */
+uint64_t hash_stack(const frame_t *frames, int depth, size_t seed);
+int same_frames(const frame_t *a, const frame_t *b, int depth, int other_depth);
+
+/* _native_locks.c: the Lock and RLock types, and the contention tables they record into. */
 int locks_init(PyObject *module);
 PyObject *set_lock_profiling(PyObject *module, PyObject *args);
+PyObject *lock_contentions(PyObject *module, PyObject *arg);
+PyObject *clear_lock_contentions(PyObject *module, PyObject *unused);
 void locks_after_fork(void);
 
 #if PY_VERSION_HEX < 0x030A0000
@@ -18,6 +35,13 @@ static inline PyObject *
 Py_NewRef(PyObject *obj)
 {
     Py_INCREF(obj);
+    return obj;
+}
+
+static inline PyObject *
+Py_XNewRef(PyObject *obj)
+{
+    Py_XINCREF(obj);
     return obj;
 }
 #endif

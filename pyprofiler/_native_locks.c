@@ -12,14 +12,14 @@
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #include "_native.h"
 
 static int64_t block_rate;     /* ns; 0 = off */
 static int64_t mutex_fraction; /* 1 in n; 0 = off */
-static PyObject *on_block;     /* callable(delay_ns) or NULL */
-static PyObject *on_mutex;
+static PyObject *label_lock;   /* callable(lock) -> str, or None not to record; NULL = off */
 
 static int64_t
 now_ns(void)
@@ -29,47 +29,201 @@ now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Call hook(delay, lock); a hook that fails is reported and never raises into the app. */
+/* ---- contention tables -------------------------------------------------------------------
+ *
+ * As Go's runtime does, an event is added to its (stack, lock type) entry where it happens,
+ * without calling into Python: a block event is recorded while the waiter holds the lock it
+ * waited for, so anything slow there lengthens the critical section and makes more contention.
+ * Python is called only to label a new entry (locks._label_native), with the frames that
+ * acquired or released the lock still there to read. Every field is only touched with the GIL
+ * held. */
+
+#define CONTENTION_FRAMES 32          /* as creation.MAX_CREATION_FRAMES */
+#define MAX_CONTENTION_ENTRIES 4096   /* per table, as locks.MAX_ENTRIES */
+#define CONTENTION_SLOTS (MAX_CONTENTION_ENTRIES * 2)
+
+typedef struct {
+    uint64_t hash;
+    PyObject *kind;  /* the lock's type: labels name it */
+    PyObject *label; /* str; "" in the overflow entry */
+    double count;    /* Go's unsampling makes both fractional until read */
+    double delay_ns;
+    int depth;
+    frame_t frames[]; /* leaf first; each code object referenced */
+} entry_t;
+
+typedef struct {
+    entry_t **entries; /* dense, in creation order; entries[0] collects what no longer fits */
+    uint32_t used;
+    uint32_t *slots; /* open addressing: index + 1 into entries, 0 = empty */
+} table_t;
+
+static table_t block_table, mutex_table;
+static int listing; /* lock_contentions() is building Python objects from entry pointers */
+
 static void
-call_hook(PyObject *hook, int64_t delay, PyObject *lock)
+free_entry(entry_t *entry)
 {
-    if (hook == NULL) {
-        return;
+    for (int i = 0; i < entry->depth; i++) {
+        Py_DECREF(entry->frames[i].code);
+    }
+    Py_XDECREF(entry->kind);
+    Py_XDECREF(entry->label);
+    PyMem_RawFree(entry);
+}
+
+static entry_t *
+new_entry(uint64_t hash, PyObject *kind, PyObject *label, const frame_t *frames, int depth)
+{
+    entry_t *entry = PyMem_RawCalloc(1, sizeof(entry_t) + (size_t)depth * sizeof(frame_t));
+    if (entry == NULL) {
+        return NULL;
+    }
+    entry->hash = hash;
+    entry->kind = Py_XNewRef(kind);
+    entry->label = Py_XNewRef(label);
+    entry->depth = depth;
+    for (int i = 0; i < depth; i++) {
+        entry->frames[i] = frames[i];
+        Py_INCREF(frames[i].code);
+    }
+    return entry;
+}
+
+static int
+ensure_table(table_t *t)
+{
+    if (t->entries != NULL) {
+        return 0;
+    }
+    entry_t **entries = PyMem_RawCalloc(MAX_CONTENTION_ENTRIES + 1, sizeof(entry_t *));
+    uint32_t *slots = PyMem_RawCalloc(CONTENTION_SLOTS, sizeof(uint32_t));
+    PyObject *empty = PyUnicode_New(0, 0);
+    entry_t *overflow = empty == NULL ? NULL : new_entry(0, NULL, empty, NULL, 0);
+    Py_XDECREF(empty);
+    if (entries == NULL || slots == NULL || overflow == NULL) {
+        PyMem_RawFree(entries);
+        PyMem_RawFree(slots);
+        PyMem_RawFree(overflow);
+        return -1;
+    }
+    entries[0] = overflow;
+    *t = (table_t){.entries = entries, .used = 1, .slots = slots};
+    return 0;
+}
+
+/* The entry for (stack, kind), or the overflow entry when the table is full; when there is
+ * neither, one made with `label`, or NULL if `label` is NULL (the caller has one computed: a
+ * full table then never costs a label per event). */
+static entry_t *
+find_entry(table_t *t, uint64_t hash, PyObject *kind, const frame_t *frames, int depth,
+           PyObject *label)
+{
+    if (ensure_table(t) < 0) {
+        return NULL;
+    }
+    for (size_t i = (size_t)hash % CONTENTION_SLOTS;; i = (i + 1) % CONTENTION_SLOTS) {
+        uint32_t index = t->slots[i];
+        if (index == 0) {
+            if (t->used > MAX_CONTENTION_ENTRIES) {
+                return t->entries[0];
+            }
+            if (label == NULL) {
+                return NULL;
+            }
+            entry_t *entry = new_entry(hash, kind, label, frames, depth);
+            if (entry == NULL) {
+                return t->entries[0];
+            }
+            t->entries[t->used++] = entry;
+            t->slots[i] = t->used;
+            return entry;
+        }
+        entry_t *entry = t->entries[index - 1];
+        if (entry->hash == hash && entry->kind == kind &&
+            same_frames(entry->frames, frames, depth, entry->depth)) {
+            return entry;
+        }
+    }
+}
+
+/* The label for a new entry from locks._label_native(lock), or NULL not to record the event
+ * (its own waits, or a failure, which is reported and never raised into the program). */
+static PyObject *
+label_of(PyObject *lock)
+{
+    if (label_lock == NULL) {
+        return NULL;
     }
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    PyObject *result = PyObject_CallFunction(hook, "LO", (long long)delay, lock);
-    if (result == NULL) {
-        PyErr_WriteUnraisable(hook);
+    PyObject *function = Py_NewRef(label_lock); /* It may be replaced while it runs. */
+    PyObject *label = PyObject_CallOneArg(function, lock);
+    if (label == NULL) {
+        PyErr_WriteUnraisable(function);
     }
-    Py_XDECREF(result);
+    else if (!PyUnicode_Check(label)) {
+        Py_CLEAR(label);
+    }
+    Py_DECREF(function);
     PyErr_Restore(exc_type, exc_value, exc_tb);
+    return label;
+}
+
+/* Add one event, already scaled by Go's rules, to the calling thread's stack's entry. */
+static void
+record(table_t *t, PyObject *lock, double count, double delay_ns)
+{
+    frame_t frames[CONTENTION_FRAMES];
+    int truncated = 0;
+    int depth = capture_stack(frames, CONTENTION_FRAMES, &truncated);
+    PyObject *kind = (PyObject *)Py_TYPE(lock);
+    uint64_t hash = hash_stack(frames, depth, (size_t)(uintptr_t)kind);
+    entry_t *entry = find_entry(t, hash, kind, frames, depth, NULL);
+    if (entry == NULL) {
+        /* Other threads may record meanwhile: find_entry looks again before adding. The
+         * frames stay valid, as this thread is still running in them. */
+        PyObject *label = label_of(lock);
+        if (label == NULL) {
+            return;
+        }
+        entry = find_entry(t, hash, kind, frames, depth, label);
+        Py_DECREF(label);
+        if (entry == NULL) {
+            return;
+        }
+    }
+    entry->count += count;
+    entry->delay_ns += delay_ns;
 }
 
 static void
 report_block(int64_t delay, PyObject *lock)
 {
-    /* Go's rule: events at least `rate` long always; shorter ones with probability d/rate. */
+    /* Go's rule: events at least `rate` long always; shorter ones with probability d/rate,
+     * then standing for rate/d events and `rate` nanoseconds. */
     if (block_rate <= 0 || delay <= 0) {
         return;
     }
-    if (delay < block_rate &&
-        (int64_t)(native_random() % (uint64_t)block_rate) >= delay) {
-        return;
+    if (delay >= block_rate) {
+        record(&block_table, lock, 1, (double)delay);
     }
-    call_hook(on_block, delay, lock);
+    else if ((int64_t)(native_random() % (uint64_t)block_rate) < delay) {
+        record(&block_table, lock, (double)block_rate / (double)delay, (double)block_rate);
+    }
 }
 
 static void
 report_mutex(int64_t delay, PyObject *lock)
 {
+    /* 1 in `fraction`, counted `fraction` times. */
     if (mutex_fraction <= 0 || delay <= 0) {
         return;
     }
     if (mutex_fraction > 1 && native_random() % (uint64_t)mutex_fraction != 0) {
         return;
     }
-    call_hook(on_mutex, delay, lock);
+    record(&mutex_table, lock, (double)mutex_fraction, (double)delay * (double)mutex_fraction);
 }
 
 /* ---- shared contention state ------------------------------------------------------------ */
@@ -88,6 +242,7 @@ void
 locks_after_fork(void)
 {
     fork_generation++;
+    listing = 0; /* Whoever was listing is not in the child. */
 }
 
 static void
@@ -520,15 +675,86 @@ PyObject *
 set_lock_profiling(PyObject *module, PyObject *args)
 {
     long long new_block_rate, new_mutex_fraction;
-    PyObject *new_on_block, *new_on_mutex;
-    if (!PyArg_ParseTuple(args, "LLOO:set_lock_profiling", &new_block_rate, &new_mutex_fraction,
-                          &new_on_block, &new_on_mutex)) {
+    PyObject *new_label_lock;
+    if (!PyArg_ParseTuple(args, "LLO:set_lock_profiling", &new_block_rate, &new_mutex_fraction,
+                          &new_label_lock)) {
         return NULL;
     }
     block_rate = new_block_rate > 0 ? new_block_rate : 0;
     mutex_fraction = new_mutex_fraction > 0 ? new_mutex_fraction : 0;
-    Py_XSETREF(on_block, new_on_block == Py_None ? NULL : Py_NewRef(new_on_block));
-    Py_XSETREF(on_mutex, new_on_mutex == Py_None ? NULL : Py_NewRef(new_on_mutex));
+    Py_XSETREF(label_lock, new_label_lock == Py_None ? NULL : Py_NewRef(new_label_lock));
+    Py_RETURN_NONE;
+}
+
+static table_t *
+table_named(PyObject *name)
+{
+    const char *chosen = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    if (chosen != NULL && strcmp(chosen, "block") == 0) {
+        return &block_table;
+    }
+    if (chosen != NULL && strcmp(chosen, "mutex") == 0) {
+        return &mutex_table;
+    }
+    PyErr_Clear();
+    PyErr_SetString(PyExc_ValueError, "expected 'block' or 'mutex'");
+    return NULL;
+}
+
+/* lock_contentions(name): [(((code, line), ...), label, count, delay_ns)] of the "block" or
+ * "mutex" table; the overflow entry, if it was used, has no frames and the label "". */
+PyObject *
+lock_contentions(PyObject *module, PyObject *name)
+{
+    table_t *t = table_named(name);
+    if (t == NULL) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    listing++;
+    /* Building objects may run other threads (a collection's finalizers), which may add
+     * entries: `used` is read at each step. */
+    for (uint32_t i = 0; list != NULL && t->entries != NULL && i < t->used; i++) {
+        entry_t *entry = t->entries[i];
+        if (entry->count == 0) {
+            continue;
+        }
+        PyObject *stack = stack_tuple(entry->frames, entry->depth);
+        PyObject *item = stack == NULL ? NULL
+                                       : Py_BuildValue("(NOdd)", stack, entry->label,
+                                                       entry->count, entry->delay_ns);
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_CLEAR(list);
+        }
+        Py_XDECREF(item);
+    }
+    listing--;
+    return list;
+}
+
+static void
+clear_table(table_t *t)
+{
+    table_t old = *t;
+    *t = (table_t){0}; /* Detached first: releasing references may run code that records. */
+    for (uint32_t i = 0; i < old.used; i++) {
+        free_entry(old.entries[i]);
+    }
+    PyMem_RawFree(old.entries);
+    PyMem_RawFree(old.slots);
+}
+
+/* Forget every recorded contention (tests start from empty tables). */
+PyObject *
+clear_lock_contentions(PyObject *module, PyObject *unused)
+{
+    if (listing) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot clear while lock_contentions() runs in another thread");
+        return NULL;
+    }
+    clear_table(&block_table);
+    clear_table(&mutex_table);
     Py_RETURN_NONE;
 }
 

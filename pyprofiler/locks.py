@@ -6,6 +6,10 @@ extension's Lock and RLock, which time only the acquires that have to wait. Thre
 asyncio primitives (Lock, Event, Condition, Semaphore, Queue) are wrapped in Python, and likewise
 time only a call that actually waits. With both rates at 0 nothing is installed at all.
 
+The native locks add each event to a table kept in C, keyed by (stack, lock type), as Go's
+runtime does: an event costs a stack walk and a hash lookup, and calls into Python only to label a
+new entry. The Python wrappers record into a Python table of the same shape; a profile reads both.
+
 Go's semantics: a blocking event of d ns is recorded when d >= the block rate, or otherwise with
 probability d/rate and scaled up to stand for what was not sampled; 1 in `fraction` contention
 events is recorded for the mutex profile and scaled by `fraction`.
@@ -23,7 +27,6 @@ import sys
 import threading
 import time
 import types
-import weakref
 from typing import Any, Callable
 
 from pyprofiler import creation, registry
@@ -32,9 +35,11 @@ from pyprofiler.native import native as _native
 from pyprofiler.render_text import contention_text
 from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
 
-# Distinct (stack, lock) entries per profile; beyond it, events are counted under one entry.
+# Distinct (stack, primitive type) entries per table; beyond it, events are counted under one
+# entry. The native locks' tables in C have the same bound.
 MAX_ENTRIES = 4096
 _TABLE_FULL = Frame("[pyprofiler: contention table full]", "<pyprofiler>", 0, 0)
+_TABLE_FULL_KEY = ((), None)
 # Frames of the synchronization machinery itself: the `lock` label names the primitive by the
 # outermost of them, and the variable that holds it is looked up in the first frame outside.
 _SYNC_FILES = (threading.__file__, queue.__file__, os.path.dirname(asyncio.__file__))
@@ -46,28 +51,37 @@ _local = threading.local()
 _block_rate = 0
 _mutex_fraction = 0
 
+# One recorded entry: (raw stack, `lock` label, count, delay in ns).
+Recorded = tuple[creation.RawStack, str, float, float]
+
 
 class _Table:
-    """(raw stack, lock label) -> [count, delay_ns], with Go's unsampling already applied."""
+    """What the Python-level instrumentation (Thread.join, asyncio) records: (raw stack, type of
+    the primitive) -> [label, count, delay_ns], with Go's unsampling already applied. The native
+    locks record into tables of the same shape kept in C; a profile reads both.
+
+    The label is computed when an entry is made, from the first event with that stack and
+    primitive type: finding the variable that holds a lock reads frame locals, too slow to
+    repeat on every event."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple, list[float]] = {}
-        self.dropped = 0
+        self.entries: dict[tuple[creation.RawStack, type | None], list] = {}
 
-    def add(self, key: tuple, count: float, delay: float) -> None:
+    def new_entry(self, key: tuple[creation.RawStack, type], label: str) -> list:
+        """The entry for `key`, made with `label` unless another thread made it meanwhile."""
         with _table_lock:
-            entry = self.entries.get(key)
-            if entry is None:
-                if len(self.entries) >= MAX_ENTRIES:
-                    self.dropped += 1
-                    key = ((), "")
-                entry = self.entries.setdefault(key, [0.0, 0.0])
-            entry[0] += count
-            entry[1] += delay
+            if key not in self.entries and len(self.entries) >= MAX_ENTRIES:
+                key, label = _TABLE_FULL_KEY, ""
+            return self.entries.setdefault(key, [label, 0.0, 0.0])
 
-    def items(self) -> list[tuple[tuple, list[float]]]:
+    def add(self, entry: list, count: float, delay: float) -> None:
         with _table_lock:
-            return [(key, list(value)) for key, value in self.entries.items()]
+            entry[1] += count
+            entry[2] += delay
+
+    def items(self) -> list[Recorded]:
+        with _table_lock:
+            return [(raw, *value) for (raw, _), value in self.entries.items()]
 
 
 _block = _Table()
@@ -114,30 +128,6 @@ def _lock_label(frame: types.FrameType | None, lock: object) -> str:
     return primitive
 
 
-# (id(lock), code of the first frame outside the synchronization modules) -> (weak reference
-# to the lock, label): finding the variable that holds a lock reads frame locals, too slow to
-# repeat on every event. The weak reference tells a reused id from the same lock.
-_labels: dict[tuple[int, object], tuple[weakref.ref, str]] = {}
-MAX_LABELS = 4096
-
-
-def _label_for(raw: tuple, skip: int, lock: object) -> str:
-    site = next((code for code, _ in raw if not code.co_filename.startswith(_SYNC_FILES)), None)
-    key = (id(lock), site)
-    cached = _labels.get(key)
-    if cached is not None and cached[0]() is lock:
-        return cached[1]
-    label = _lock_label(sys._getframe(skip + 2), lock)
-    try:
-        reference = weakref.ref(lock)
-    except TypeError:  # Not weakly referenceable: computed each time.
-        return label
-    if len(_labels) >= MAX_LABELS:
-        _labels.clear()
-    _labels[key] = (reference, label)
-    return label
-
-
 def _record(table: _Table, count: float, delay: float, lock: object, skip: int) -> None:
     if getattr(_local, "recording", False):  # Whatever recording itself waits on is not news.
         return
@@ -147,7 +137,11 @@ def _record(table: _Table, count: float, delay: float, lock: object, skip: int) 
             raw = _native.current_stack(skip + 1)[: creation.MAX_CREATION_FRAMES]
         else:
             raw = creation.raw_stack(sys._getframe(skip + 1))
-        table.add((raw, _label_for(raw, skip, lock)), count, delay)
+        key = (raw, type(lock))
+        entry = table.entries.get(key)
+        if entry is None:  # Labelled outside the table's lock: it reads the program's objects.
+            entry = table.new_entry(key, _lock_label(sys._getframe(skip + 1), lock))
+        table.add(entry, count, delay)
     finally:
         _local.recording = False
 
@@ -155,6 +149,7 @@ def _record(table: _Table, count: float, delay: float, lock: object, skip: int) 
 def _on_block(delay: int, lock: object = None, skip: int = 1) -> None:
     # Called only for sampled events: shorter than the rate means sampled with probability
     # delay/rate, so it stands for rate/delay events and `rate` nanoseconds (Go's unsampling).
+    # The native locks apply the same rules in C.
     rate = _block_rate
     if rate > delay:
         _record(_block, rate / delay, rate, lock, skip)
@@ -165,6 +160,19 @@ def _on_block(delay: int, lock: object = None, skip: int = 1) -> None:
 def _on_mutex(delay: int, lock: object = None, skip: int = 1) -> None:
     fraction = max(_mutex_fraction, 1)
     _record(_mutex, fraction, delay * fraction, lock, skip)
+
+
+def _label_native(lock: object) -> str | None:
+    """The label of a new entry in the native locks' tables. The C extension calls this where
+    `lock` was acquired after waiting, or released, so the caller's frame is the program's.
+    None: the event is a wait of labelling itself, not recorded."""
+    if getattr(_local, "recording", False):
+        return None
+    _local.recording = True
+    try:
+        return _lock_label(sys._getframe(1), lock)
+    finally:
+        _local.recording = False
 
 
 def _sampled_block(delay: int) -> bool:
@@ -286,10 +294,7 @@ def _apply() -> None:
         _uninstall()
     if _native is not None:
         _native.set_lock_profiling(
-            _block_rate,
-            _mutex_fraction,
-            _on_block if _block_rate else None,
-            _on_mutex if _mutex_fraction else None,
+            _block_rate, _mutex_fraction, _label_native if _block_rate or _mutex_fraction else None
         )
 
 
@@ -322,16 +327,26 @@ class _ContentionProfile(registry.Profile):
     def header(self) -> str:
         raise NotImplementedError
 
+    def _recorded(self) -> list[Recorded]:
+        recorded = self.table.items()
+        if _native is not None:
+            recorded += _native.lock_contentions(self.name)
+        return recorded
+
     def count(self) -> int:
-        return len(self.table.entries)
+        return len({(raw, label) for raw, label, _, _ in self._recorded()})
 
     def _entries(self) -> list[tuple[tuple[Frame, ...], str, int, int]]:
+        merged: dict[tuple[creation.RawStack, str], list[float]] = {}
+        for raw, label, count, delay in self._recorded():
+            total = merged.setdefault((raw, label), [0.0, 0.0])
+            total[0] += count
+            total[1] += delay
         namer = FrameNamer()
-        entries = []
-        for (raw, label), (count, delay) in self.table.items():
-            frames = namer.stack(raw) if raw else (_TABLE_FULL,)
-            entries.append((frames, label, round(count), round(delay)))
-        return entries
+        return [
+            (namer.stack(raw) if raw else (_TABLE_FULL,), label, round(count), round(delay))
+            for (raw, label), (count, delay) in merged.items()
+        ]
 
     def snapshot(self, seconds: float | None = None) -> Snapshot:
         return Snapshot(

@@ -59,6 +59,11 @@ def clear_tables() -> None:
     with locks._table_lock:
         locks._block.entries.clear()
         locks._mutex.entries.clear()
+    native.clear_lock_contentions()
+
+
+def samples_of(name: str) -> list:
+    return pyprofiler.lookup(name).snapshot().samples
 
 
 @pytest.fixture(autouse=True)
@@ -718,7 +723,7 @@ def test_contention_is_not_recorded_once_the_rates_are_back_to_zero():
     with lock:
         pass
     join_all(thread)
-    assert locks._block.items() == [] and locks._mutex.items() == []
+    assert samples_of("block") == [] and samples_of("mutex") == []
 
 
 def test_block_rate_alone_records_no_mutex_profile():
@@ -729,7 +734,7 @@ def test_block_rate_alone_records_no_mutex_profile():
     with lock:
         pass
     join_all(thread)
-    assert locks._block.items() and locks._mutex.items() == []
+    assert samples_of("block") and samples_of("mutex") == []
 
 
 # --- Sampling: Go's unsampling of block events, and mutex fractions.
@@ -745,8 +750,8 @@ def reports_mutex(delay: int, lock) -> None:
 
 def entries_of(table, function: str) -> list[list[float]]:
     return [
-        value
-        for (raw, _), value in table.items()
+        [count, delay]
+        for raw, _, count, delay in table.items()
         if raw and raw[0][0].co_name == function  # (code, line), leaf first
     ]
 
