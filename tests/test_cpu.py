@@ -62,9 +62,20 @@ def busy_profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("cpu") / "cpu.pb.gz"
     with threads_running(
         ("spinner", Spinner().spin), ("other", OtherSpinner().spin), ("idler", Idler().wait_forever)
-    ):
+    ) as threads:
+        # The idler must be asleep before the profile starts: the CPU it uses on its way there
+        # would rightly be in the profile. With two spinners holding the GIL that takes a while.
+        assert wait_until(lambda: _asleep_in_wait(threads[2]))
         cpu_profile(str(path))
     return path
+
+
+def _asleep_in_wait(thread: threading.Thread) -> bool:
+    top = sys._current_frames().get(thread.ident)
+    if top is None or top.f_code.co_name != "wait" or top.f_code.co_filename != threading.__file__:
+        return False
+    with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "S"
 
 
 def test_busy_function_shows_with_qualified_name(busy_profile):
