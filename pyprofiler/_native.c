@@ -7,13 +7,25 @@
  * the interpreter's frames are read directly, as tracemalloc does) into a bucket keyed by
  * (stack, size), and its address is tracked until it is freed or reallocated.
  *
- * Both allocator domains are only ever called with the GIL held, so the GIL serializes every
- * hook and every call into this module. All of the module's own memory comes from the raw
- * domain, which is not hooked; `in_hook` keeps anything the hook does from sampling itself.
+ * Frees are where the cost would be: every free would have to be looked up, and most frees are
+ * of blocks that were never sampled. So when the allocators are pymalloc's (the default), a
+ * sampled block is allocated from the raw domain instead, and the object and memory domains'
+ * frees are not hooked at all: pymalloc hands every block that is not its own to PyMem_RawFree,
+ * so the frees of sampled blocks all arrive at a hook on the raw domain, whose frees are far
+ * rarer (only blocks over 512 bytes). Under any other allocator (debug hooks, PYTHONMALLOC,
+ * tracemalloc already running) every free of the two domains is hooked and looked up.
+ *
+ * The object and memory domains are only ever called with the GIL held, which serializes the
+ * sampling. The raw domain is called without it, so the table of tracked blocks and the free
+ * counts are guarded by `tracked_mutex` too, and a raw free first asks a lock-free filter
+ * whether its address can be tracked at all. The module's own memory comes from the raw
+ * allocator as it was before any hook; `in_hook` keeps anything the hook does from sampling
+ * itself.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -35,6 +47,11 @@
 #define BUCKET_SLOTS (MAX_BUCKETS * 2)
 #define MAX_TRACKED (1 << 20)        /* live sampled blocks */
 #define MIN_TRACKED_SLOTS 4096
+#define FILTER_BITS 15               /* counters in the filter of tracked addresses */
+#define FILTER_SATURATED 255         /* a counter this high is never decremented again */
+
+/* Declared for extensions up to 3.12, internal since; exported by every version. */
+PyAPI_FUNC(const char *) _PyMem_GetCurrentAllocatorName(void);
 
 typedef struct {
     uint64_t hash;
@@ -60,8 +77,11 @@ typedef struct {
 
 static hook_t obj_hook = {.domain = PYMEM_DOMAIN_OBJ};
 static hook_t mem_hook = {.domain = PYMEM_DOMAIN_MEM};
+static hook_t raw_hook = {.domain = PYMEM_DOMAIN_RAW};
+static PyMemAllocatorEx own_allocator; /* the raw domain before any hook */
 
 static int hooked;
+static int raw_sampling; /* sampled blocks come from the raw domain, and only its frees are seen */
 static int in_hook;
 static Py_ssize_t rate;
 static Py_ssize_t countdown;
@@ -71,9 +91,12 @@ static bucket_t **buckets;        /* dense, in creation order; bucket 0 is the o
 static uint32_t n_buckets;
 static uint32_t *bucket_slots;    /* open addressing: index + 1 into buckets, 0 = empty */
 
+static pthread_mutex_t tracked_mutex = PTHREAD_MUTEX_INITIALIZER;
 static tracked_t *tracked;
 static size_t tracked_slots;      /* power of two */
-static size_t n_tracked;
+static size_t n_tracked;          /* written under tracked_mutex, read without it */
+/* How many tracked blocks hash to each counter: zero means "certainly not tracked". */
+static uint8_t tracked_filter[1 << FILTER_BITS];
 
 static uint64_t samples_taken, dropped_stacks, dropped_blocks, truncated_stacks;
 static int listing; /* buckets() is building Python objects from bucket pointers */
@@ -111,7 +134,7 @@ next_gap(void)
 static void *
 own_calloc(size_t n, size_t size)
 {
-    void *p = PyMem_RawCalloc(n, size);
+    void *p = own_allocator.calloc(own_allocator.ctx, n, size);
     if (p != NULL) {
         own_bytes += n * size;
     }
@@ -123,7 +146,7 @@ own_free(void *p, size_t size)
 {
     if (p != NULL) {
         own_bytes -= size;
-        PyMem_RawFree(p);
+        own_allocator.free(own_allocator.ctx, p);
     }
 }
 
@@ -343,11 +366,15 @@ ensure_tables(void)
     }
     buckets = own_calloc(MAX_BUCKETS, sizeof(bucket_t *));
     bucket_slots = own_calloc(BUCKET_SLOTS, sizeof(uint32_t));
-    tracked = own_calloc(MIN_TRACKED_SLOTS, sizeof(tracked_t));
-    if (buckets == NULL || bucket_slots == NULL || tracked == NULL) {
+    tracked_t *table = own_calloc(MIN_TRACKED_SLOTS, sizeof(tracked_t));
+    if (buckets == NULL || bucket_slots == NULL || table == NULL) {
+        own_free(table, MIN_TRACKED_SLOTS * sizeof(tracked_t));
         return -1;
     }
+    pthread_mutex_lock(&tracked_mutex);
+    tracked = table;
     tracked_slots = MIN_TRACKED_SLOTS;
+    pthread_mutex_unlock(&tracked_mutex);
     /* Bucket 0 collects what no longer fits: reported as its own frame, never hidden. */
     buckets[0] = new_bucket(0, 0, NULL, 0);
     if (buckets[0] == NULL) {
@@ -409,10 +436,45 @@ tracked_insert_raw(tracked_t *table, size_t slots, tracked_t entry)
     table[i] = entry;
 }
 
+static inline size_t
+filter_slot(void *ptr)
+{
+    return (size_t)((((uint64_t)(uintptr_t)ptr >> 4) * 0x9E3779B97F4A7C15ULL) >> (64 - FILTER_BITS));
+}
+
+static void
+filter_add(void *ptr)
+{
+    uint8_t *counter = &tracked_filter[filter_slot(ptr)];
+    uint8_t value = __atomic_load_n(counter, __ATOMIC_RELAXED);
+    if (value < FILTER_SATURATED) {
+        __atomic_store_n(counter, value + 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void
+filter_remove(void *ptr)
+{
+    uint8_t *counter = &tracked_filter[filter_slot(ptr)];
+    uint8_t value = __atomic_load_n(counter, __ATOMIC_RELAXED);
+    if (value != FILTER_SATURATED) {
+        __atomic_store_n(counter, value - 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void
+filter_clear(void)
+{
+    for (size_t i = 0; i < sizeof(tracked_filter); i++) {
+        __atomic_store_n(&tracked_filter[i], 0, __ATOMIC_RELAXED);
+    }
+}
+
+/* Under tracked_mutex. */
 static int
 track(void *ptr, size_t size, uint32_t bucket)
 {
-    if (n_tracked >= MAX_TRACKED) {
+    if (n_tracked >= MAX_TRACKED || tracked == NULL) {
         return -1;
     }
     if ((n_tracked + 1) * 2 > tracked_slots) {
@@ -431,10 +493,12 @@ track(void *ptr, size_t size, uint32_t bucket)
         tracked_slots = slots;
     }
     tracked_insert_raw(tracked, tracked_slots, (tracked_t){ptr, size, bucket});
-    n_tracked++;
+    filter_add(ptr);
+    __atomic_store_n(&n_tracked, n_tracked + 1, __ATOMIC_RELAXED);
     return 0;
 }
 
+/* Under tracked_mutex. */
 static void
 untrack(void *ptr)
 {
@@ -448,7 +512,8 @@ untrack(void *ptr)
     bucket_t *b = buckets[tracked[i].bucket];
     b->frees++;
     b->free_bytes += tracked[i].size;
-    n_tracked--;
+    filter_remove(ptr);
+    __atomic_store_n(&n_tracked, n_tracked - 1, __ATOMIC_RELAXED);
     /* Backward shift: pull later entries of the probe run into the hole. */
     size_t hole = i;
     for (size_t j = (i + 1) & mask; tracked[j].ptr != NULL; j = (j + 1) & mask) {
@@ -476,12 +541,14 @@ sample(void *ptr, size_t size)
     bucket_t *b = buckets[bucket];
     b->allocs++;
     b->alloc_bytes += size;
+    pthread_mutex_lock(&tracked_mutex);
     if (track(ptr, size, bucket) < 0) {
         /* Its free would go unseen: count it as freed now so in-use never drifts upward. */
         b->frees++;
         b->free_bytes += size;
         dropped_blocks++;
     }
+    pthread_mutex_unlock(&tracked_mutex);
     countdown = next_gap();
     in_hook = 0;
 }
@@ -498,11 +565,18 @@ on_alloc(void *ptr, size_t size)
     }
 }
 
+/* Called before the block is released, so that its address cannot be handed out (and
+ * sampled) again before it is untracked. */
 static inline void
 on_free(void *ptr)
 {
-    if (ptr != NULL && n_tracked != 0) {
-        untrack(ptr);
+    if (ptr != NULL && __atomic_load_n(&n_tracked, __ATOMIC_RELAXED) != 0 &&
+        __atomic_load_n(&tracked_filter[filter_slot(ptr)], __ATOMIC_RELAXED) != 0) {
+        pthread_mutex_lock(&tracked_mutex);
+        if (tracked != NULL && n_tracked != 0) {
+            untrack(ptr);
+        }
+        pthread_mutex_unlock(&tracked_mutex);
     }
 }
 
@@ -528,10 +602,11 @@ static void *
 hook_realloc(void *ctx, void *old, size_t size)
 {
     hook_t *hook = ctx;
+    /* A reallocation is a free of the old block and an allocation of the new one. (Should it
+     * fail, the old block is counted as freed though it lives on: rare, and never an error.) */
+    on_free(old);
     void *ptr = hook->original.realloc(hook->original.ctx, old, size);
     if (ptr != NULL) {
-        /* A reallocation is a free of the old block and an allocation of the new one. */
-        on_free(old);
         on_alloc(ptr, size);
     }
     return ptr;
@@ -545,11 +620,108 @@ hook_free(void *ctx, void *ptr)
     hook->original.free(hook->original.ctx, ptr);
 }
 
+/* ---- the hooks over pymalloc: sampled blocks from the raw domain ---------------------------
+ *
+ * Installed with the original allocator's context and its own free, so that a free of these
+ * domains runs exactly as without the profiler. */
+
+static inline int
+take_sample(size_t size)
+{
+    countdown -= (Py_ssize_t)size;
+    return countdown <= 0 && !in_hook && rate != 0;
+}
+
+static void *
+sampled_alloc(size_t nelem, size_t elsize, int zeroed)
+{
+    size_t size = nelem * elsize;
+    void *ptr = zeroed ? PyMem_RawCalloc(nelem, elsize) : PyMem_RawMalloc(size);
+    if (ptr != NULL) {
+        sample(ptr, size);
+    }
+    return ptr;
+}
+
+/* A sampled reallocation: the original did the copying; the result moves to the raw domain. */
+static void *
+sampled_realloc(hook_t *hook, void *ctx, void *ptr, size_t size)
+{
+    void *raw = PyMem_RawMalloc(size);
+    if (raw == NULL) {
+        return ptr; /* Not sampled after all: the block is the program's either way. */
+    }
+    memcpy(raw, ptr, size);
+    hook->original.free(ctx, ptr);
+    sample(raw, size);
+    return raw;
+}
+
+#define RAW_SAMPLING_HOOKS(NAME, HOOK)                                                       \
+    static void *NAME##_malloc(void *ctx, size_t size)                                       \
+    {                                                                                        \
+        if (take_sample(size)) {                                                             \
+            return sampled_alloc(1, size, 0);                                                \
+        }                                                                                    \
+        return HOOK.original.malloc(ctx, size);                                              \
+    }                                                                                        \
+    static void *NAME##_calloc(void *ctx, size_t nelem, size_t elsize)                       \
+    {                                                                                        \
+        if ((elsize == 0 || nelem <= PY_SSIZE_T_MAX / elsize) && take_sample(nelem * elsize)) { \
+            return sampled_alloc(nelem, elsize, 1);                                          \
+        }                                                                                    \
+        return HOOK.original.calloc(ctx, nelem, elsize);                                     \
+    }                                                                                        \
+    static void *NAME##_realloc(void *ctx, void *old, size_t size)                           \
+    {                                                                                        \
+        /* A sampled old block is raw, so pymalloc passes it on to the raw hook, which       \
+         * untracks it. */                                                                   \
+        void *ptr = HOOK.original.realloc(ctx, old, size);                                   \
+        if (ptr != NULL && take_sample(size)) {                                              \
+            ptr = sampled_realloc(&HOOK, ctx, ptr, size);                                    \
+        }                                                                                    \
+        return ptr;                                                                          \
+    }
+
+RAW_SAMPLING_HOOKS(obj, obj_hook)
+RAW_SAMPLING_HOOKS(mem, mem_hook)
+
+static void *
+raw_realloc(void *ctx, void *old, size_t size)
+{
+    on_free(old);
+    return raw_hook.original.realloc(ctx, old, size);
+}
+
+static void
+raw_free(void *ctx, void *ptr)
+{
+    on_free(ptr);
+    raw_hook.original.free(ctx, ptr);
+}
+
+/* ---- installing and removing ------------------------------------------------------------ */
+
 static void
 install(hook_t *hook)
 {
-    PyMemAllocatorEx alloc = {hook, hook_malloc, hook_calloc, hook_realloc, hook_free};
     PyMem_GetAllocator(hook->domain, &hook->original);
+    PyMemAllocatorEx alloc = {hook, hook_malloc, hook_calloc, hook_realloc, hook_free};
+    if (raw_sampling) {
+        void *ctx = hook->original.ctx;
+        if (hook == &obj_hook) {
+            alloc = (PyMemAllocatorEx){ctx, obj_malloc, obj_calloc, obj_realloc,
+                                       hook->original.free};
+        }
+        else if (hook == &mem_hook) {
+            alloc = (PyMemAllocatorEx){ctx, mem_malloc, mem_calloc, mem_realloc,
+                                       hook->original.free};
+        }
+        else {
+            alloc = (PyMemAllocatorEx){ctx, hook->original.malloc, hook->original.calloc,
+                                       raw_realloc, raw_free};
+        }
+    }
     PyMem_SetAllocator(hook->domain, &alloc);
 }
 
@@ -560,7 +732,9 @@ uninstall(hook_t *hook)
 {
     PyMemAllocatorEx current;
     PyMem_GetAllocator(hook->domain, &current);
-    if (current.ctx != hook) {
+    int ours = current.ctx == hook || current.malloc == obj_malloc ||
+               current.malloc == mem_malloc || current.free == raw_free;
+    if (!ours) {
         return 0;
     }
     PyMem_SetAllocator(hook->domain, &hook->original);
@@ -573,6 +747,7 @@ uninstall(hook_t *hook)
 static void
 forget_tracked(void)
 {
+    pthread_mutex_lock(&tracked_mutex);
     for (size_t i = 0; i < tracked_slots; i++) {
         if (tracked[i].ptr != NULL) {
             bucket_t *b = buckets[tracked[i].bucket];
@@ -581,7 +756,9 @@ forget_tracked(void)
             tracked[i].ptr = NULL;
         }
     }
-    n_tracked = 0;
+    filter_clear();
+    __atomic_store_n(&n_tracked, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&tracked_mutex);
 }
 
 /* ---- Python interface ------------------------------------------------------------------- */
@@ -605,14 +782,23 @@ set_rate(PyObject *module, PyObject *arg)
     countdown = next_gap();
     if (new_rate > 0 && !hooked) {
         forget_tracked();
+        const char *allocator = _PyMem_GetCurrentAllocatorName();
+        raw_sampling = allocator != NULL && strcmp(allocator, "pymalloc") == 0;
+        if (raw_sampling) {
+            install(&raw_hook);
+        }
         install(&mem_hook);
         install(&obj_hook);
         hooked = 1;
     }
     else if (new_rate == 0 && hooked) {
-        /* Both or neither: half a hook would see allocations without their frees. */
+        /* All or none: half the hooks would see allocations without their frees. */
         if (uninstall(&obj_hook)) {
             if (!uninstall(&mem_hook)) {
+                install(&obj_hook);
+            }
+            else if (raw_sampling && !uninstall(&raw_hook)) {
+                install(&mem_hook);
                 install(&obj_hook);
             }
             else {
@@ -646,6 +832,7 @@ buckets_list(PyObject *module, PyObject *unused)
         PyMem_RawFree(counts);
         return PyErr_NoMemory();
     }
+    pthread_mutex_lock(&tracked_mutex); /* Raw frees update the free counts without the GIL. */
     for (uint32_t i = 0; i < count; i++) {
         copy[i] = buckets[i];
         counts[i][0] = buckets[i]->allocs;
@@ -653,6 +840,7 @@ buckets_list(PyObject *module, PyObject *unused)
         counts[i][2] = buckets[i]->alloc_bytes;
         counts[i][3] = buckets[i]->free_bytes;
     }
+    pthread_mutex_unlock(&tracked_mutex);
     listing++;
     PyObject *result = PyList_New(0);
     for (uint32_t i = 0; result != NULL && i < count; i++) {
@@ -698,29 +886,34 @@ static PyObject *
 stats(PyObject *module, PyObject *unused)
 {
     return Py_BuildValue(
-        "{s:n,s:K,s:n,s:K,s:K,s:K,s:n,s:n}", "rate", rate, "samples",
+        "{s:n,s:K,s:n,s:K,s:K,s:K,s:n,s:n,s:s}", "rate", rate, "samples",
         (unsigned long long)samples_taken, "tracked_blocks", (Py_ssize_t)n_tracked,
         "dropped_blocks", (unsigned long long)dropped_blocks, "dropped_stacks",
         (unsigned long long)dropped_stacks, "truncated_stacks",
         (unsigned long long)truncated_stacks, "buckets", (Py_ssize_t)n_buckets, "own_bytes",
-        (Py_ssize_t)own_bytes);
+        (Py_ssize_t)own_bytes, "frees_seen", raw_sampling ? "raw domain" : "every free");
 }
 
 /* Callers set in_hook first: releasing code objects may allocate and free. */
 static void
 free_tables(int release_code)
 {
+    /* Detach everything before releasing anything, so that frees this causes see no table. */
+    pthread_mutex_lock(&tracked_mutex);
     bucket_t **old = buckets;
     uint32_t count = n_buckets;
-    /* Detach everything before releasing anything, so that frees this causes see no table. */
-    own_free(bucket_slots, BUCKET_SLOTS * sizeof(uint32_t));
-    own_free(tracked, tracked_slots * sizeof(tracked_t));
+    tracked_t *old_tracked = tracked;
+    size_t old_tracked_slots = tracked_slots;
     buckets = NULL;
+    own_free(bucket_slots, BUCKET_SLOTS * sizeof(uint32_t));
     bucket_slots = NULL;
     tracked = NULL;
     n_buckets = 0;
     tracked_slots = 0;
-    n_tracked = 0;
+    __atomic_store_n(&n_tracked, 0, __ATOMIC_RELAXED);
+    filter_clear();
+    pthread_mutex_unlock(&tracked_mutex);
+    own_free(old_tracked, old_tracked_slots * sizeof(tracked_t));
     samples_taken = dropped_stacks = dropped_blocks = truncated_stacks = 0;
     for (uint32_t i = 0; i < count; i++) {
         bucket_t *b = old[i];
@@ -802,9 +995,28 @@ static struct PyModuleDef module_def = {
     -1, methods,
 };
 
+/* Whoever holds tracked_mutex at fork (a raw free in another thread) is not in the child. */
+static void
+lock_tracked(void)
+{
+    pthread_mutex_lock(&tracked_mutex);
+}
+
+static void
+unlock_tracked(void)
+{
+    pthread_mutex_unlock(&tracked_mutex);
+}
+
 PyMODINIT_FUNC
 PyInit__native(void)
 {
+    static int initialized;
+    if (!initialized) {
+        PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &own_allocator);
+        pthread_atfork(lock_tracked, unlock_tracked, unlock_tracked);
+        initialized = 1;
+    }
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     rng_state ^= (uint64_t)now.tv_nsec * 0xBF58476D1CE4E5B9ULL ^ (uint64_t)getpid();

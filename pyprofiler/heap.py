@@ -170,6 +170,7 @@ def memstats() -> list[tuple[str, object]]:
             ("DroppedStacks", native["dropped_stacks"]),
             ("TruncatedStacks", native["truncated_stacks"]),
             ("SamplerBytes", native["own_bytes"]),
+            ("FreesSeen", native["frees_seen"]),
         ]
     else:
         traced, peak = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else (0, 0)

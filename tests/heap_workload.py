@@ -29,6 +29,7 @@ import time
 from array import array
 
 import pyprofiler
+from pyprofiler import heap
 
 MAX_SECONDS = 120
 
@@ -154,6 +155,8 @@ def serve(rate: str) -> None:
                 kept = fallback_keep()
                 keep.append(kept)
                 print(json.dumps(retained(kept)), flush=True)
+            elif command == "frees_seen":
+                print(heap._native.stats()["frees_seen"], flush=True)
             elif command == "quit":
                 break
     finally:

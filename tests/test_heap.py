@@ -192,12 +192,20 @@ def workload(*args: str, **kwargs):
 # ---- accuracy, end to end, in a process of its own --------------------------------------------
 
 
-def test_inuse_and_alloc_space_match_what_functions_keep_and_churn():
+@pytest.mark.parametrize(
+    "allocator, frees_seen",
+    # Over pymalloc, sampled blocks come from the raw domain and only its frees are looked up;
+    # under any other allocator every free is.
+    [("pymalloc", "raw domain"), ("malloc", "every free")],
+)
+def test_inuse_and_alloc_space_match_what_functions_keep_and_churn(allocator, frees_seen):
     # Sampling error is about 1/sqrt(bytes / rate). At 32 KiB, g's ~50 MB is ~1 600 samples
     # (2.5 %), so its 15 % bar is 6 standard deviations away, and f's 10 % (~4 800 samples,
     # 1.4 %) is 7: a failure means a wrong estimate, not bad luck. (At the default 512 KiB, g
     # would be ~100 samples, 10 %: the bar would be 1.5 sigma.)
-    with workload("serve", str(32 * 1024)) as process:
+    env = {**os.environ, "PYTHONMALLOC": allocator}
+    with workload("serve", str(32 * 1024), env=env) as process:
+        assert process.ask("frees_seen") == frees_seen
         truth = json.loads(process.ask("build"))
         type_, rows = top(process.url + "heap", "inuse_space")
         assert type_ == "inuse_space"
@@ -299,7 +307,7 @@ _FRAME = re.compile(r"#\t0x[0-9a-f]+\t+\S.*\t+.+:\d+")
 MEMSTATS = [
     "RSS", "VMS", "PeakRSS", "AllocatedBlocks", "GCCounts", "GCThresholds", "GCCollections",
     "GCCollected", "GCUncollectable", "GCGarbage", "SampleRate", "Samples", "TrackedBlocks",
-    "DroppedBlocks", "DroppedStacks", "TruncatedStacks", "SamplerBytes",
+    "DroppedBlocks", "DroppedStacks", "TruncatedStacks", "SamplerBytes", "FreesSeen",
 ]  # fmt: skip
 
 
@@ -352,6 +360,7 @@ def test_debug1_text(server, tmp_path, mem_rate, name):
     assert list(stats) == MEMSTATS
     assert int(stats["SampleRate"]) == 4096
     assert int(stats["RSS"]) > 0 and int(stats["SamplerBytes"]) > 0
+    assert stats["FreesSeen"] in ("raw domain", "every free")
     assert re.fullmatch(r"\[\d+ \d+ \d+\]", stats["GCThresholds"])
     # pprof's legacy parser reads the records (and the rate from the header).
     path = tmp_path / "heap.txt"
