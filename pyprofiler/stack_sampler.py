@@ -41,7 +41,10 @@ _running_native: set = set()
 
 def _stop_native_samplers() -> None:
     while _running_native:
-        _running_native.pop().stop()
+        try:
+            _running_native.pop().stop()  # What it recorded is discarded.
+        except Exception:  # Exiting anyway: never a traceback into the host's exit.
+            log.exception("pyprofiler: stopping a sampler at exit failed")
 
 
 atexit.register(_stop_native_samplers)
