@@ -36,6 +36,7 @@ from werkzeug.serving import make_server
 from workloads import Crowd, Split, create_app
 
 from pyprofiler import proto, stack_sampler
+from pyprofiler.native import native
 from pyprofiler.snapshot import Snapshot
 from pyprofiler.stack_sampler import CpuSampler
 
@@ -149,7 +150,8 @@ def calibrate(crowd: Crowd, seconds: float) -> int:
 
 
 def tick_costs(crowd: Crowd, count: int, hz: int) -> tuple[list[int], float]:
-    """Nanoseconds per CpuSampler._tick(sys._current_frames()), timed from this thread while the
+    """Nanoseconds per CpuSampler._tick(sys._current_frames()) of the Python sampler thread (the
+    native one's cost is only in "sampler CPU per 1/hz"), timed from this thread while the
     crowd works, one tick per 1/hz as the sampler thread does (back-to-back ticks would find the
     caches warm and the busy threads without new CPU to record); and the CPUs that other
     processes used meanwhile."""
@@ -226,7 +228,7 @@ def report_crowd(
     costs, others = ticks
     micros = [c / 1000 for c in costs]
     figure(
-        f"{label} one _tick() timed directly",
+        f"{label} one Python _tick() timed directly",
         f"median {statistics.median(micros):.0f} us, "
         f"p90 {statistics.quantiles(micros, n=10)[8]:.0f} us ({len(micros)} ticks)",
         f"(others {others:.2f})",
@@ -341,6 +343,8 @@ def main() -> None:
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{args.hz} Hz, {'quick' if args.quick else 'full'} run: {plan}"
     )
+    # The figures below measure the sampler start_cpu_profile() would use here.
+    print(f"sampler thread: {'native' if native is not None else 'Python'}")
     start = time.monotonic()
     for key in args.only:
         WORKLOADS[key](plan, args.hz)

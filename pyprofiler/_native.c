@@ -206,6 +206,31 @@ walk_frames(walk_t *f, frame_t *out, int max, int *truncated)
     return depth;
 }
 
+/* The frame a thread is executing, or NULL when it runs no Python code. */
+static walk_t *
+top_frame(PyThreadState *tstate)
+{
+#if PY_VERSION_HEX < 0x030B0000
+    return tstate->frame;
+#elif PY_VERSION_HEX >= 0x030D0000
+    return tstate->current_frame;
+#else
+    return tstate->cframe->current_frame;
+#endif
+}
+
+int
+thread_has_frames(PyThreadState *tstate)
+{
+    return top_frame(tstate) != NULL;
+}
+
+int
+thread_stack(PyThreadState *tstate, frame_t *out, int max, int *truncated)
+{
+    return walk_frames(top_frame(tstate), out, max, truncated);
+}
+
 int
 capture_stack(frame_t *out, int max, int *truncated)
 {
@@ -217,13 +242,7 @@ capture_stack(frame_t *out, int max, int *truncated)
     if (tstate == NULL) {
         return 0;
     }
-#if PY_VERSION_HEX < 0x030B0000
-    return walk_frames(tstate->frame, out, max, truncated);
-#elif PY_VERSION_HEX >= 0x030D0000
-    return walk_frames(tstate->current_frame, out, max, truncated);
-#else
-    return walk_frames(tstate->cframe->current_frame, out, max, truncated);
-#endif
+    return thread_stack(tstate, out, max, truncated);
 }
 
 PyObject *
@@ -240,8 +259,6 @@ stack_tuple(const frame_t *frames, int depth)
     }
     return stack;
 }
-
-#define MAX_SAMPLED_FRAMES 128
 
 /* frame_stack(frame): ((code, line), ...) from a frame object outwards, leaf first, at most
  * 128 frames. For the CPU and wall samplers: walking f_back from Python would create a frame
@@ -1024,7 +1041,7 @@ PyInit__native(void)
         rng_state = 0x9E3779B97F4A7C15ULL;
     }
     PyObject *module = PyModule_Create(&module_def);
-    if (module != NULL && locks_init(module) < 0) {
+    if (module != NULL && (locks_init(module) < 0 || sampler_init(module) < 0)) {
         Py_CLEAR(module);
     }
     return module;

@@ -1,6 +1,10 @@
-"""The CPU and wall-clock samplers: a daemon thread that reads every thread's stack `hz` times a
-second with sys._current_frames(), with no signal handlers (they interrupt blocking calls with
-EINTR and collide with the application's own).
+"""The CPU and wall-clock samplers: a thread that reads every thread's stack `hz` times a second,
+with no signal handlers (they interrupt blocking calls with EINTR and collide with the
+application's own).
+
+With the C extension the thread is native (_native_sampler.c): it holds the GIL only while it
+reads the other threads and creates no Python objects until stop(). Without it (or with
+PYPROFILER_NATIVE=0) it is a Python daemon thread reading sys._current_frames().
 
 CPU: each tick, every thread's CPU clock is read; a thread that used CPU since the previous tick
 gets its current stack recorded, weighted by the nanoseconds it used, so idle threads never
@@ -10,6 +14,7 @@ recorded each tick, weighted by the wall time since the previous tick.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -17,8 +22,10 @@ import threading
 import time
 
 from pyprofiler import creation, threadclock
-from pyprofiler.snapshot import Snapshot, ValueType
-from pyprofiler.stack_table import StackTable
+from pyprofiler.frames import FrameNamer
+from pyprofiler.native import native
+from pyprofiler.snapshot import Sample, Snapshot, ValueType
+from pyprofiler.stack_table import STACK_TABLE_FULL, StackTable
 
 log = logging.getLogger("pyprofiler")
 
@@ -27,19 +34,37 @@ _sampler_idents: set[int] = set()
 # Sampler threads do not survive fork, and the child may reuse their idents.
 os.register_at_fork(after_in_child=_sampler_idents.clear)
 
+# Native samplers still running. Their threads must be stopped while the interpreter can still
+# be entered: at exit, before finalization (in a forked child, stop() only hands the table over).
+_running_native: set = set()
+
+
+def _stop_native_samplers() -> None:
+    while _running_native:
+        try:
+            _running_native.pop().stop()  # What it recorded is discarded.
+        except Exception:  # Exiting anyway: never a traceback into the host's exit.
+            log.exception("pyprofiler: stopping a sampler at exit failed")
+
+
+atexit.register(_stop_native_samplers)
+
 
 class StackSampler:
     """One profiling session: start(), then stop() returns the Snapshot."""
 
     value_type: ValueType
+    wall: bool  # Weighted by wall time rather than CPU.
 
     def __init__(self, hz: int = 100) -> None:
         if not 1 <= hz <= 1000:
             raise ValueError(f"hz must be between 1 and 1000, not {hz}")
         self.hz = hz
-        self.table = StackTable()
-        self.own_cpu_ns = 0
+        self.own_cpu_ns = 0  # The sampler thread's own CPU, known once stopped.
         self.error: str | None = None
+        self._native = native.StackSampler(hz, self.wall) if native is not None else None
+        # The Python thread's state:
+        self.table = StackTable()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_wall_ns = 0
@@ -48,6 +73,10 @@ class StackSampler:
     def start(self) -> None:
         self._start_wall_ns = time.time_ns()
         self._start_ns = time.monotonic_ns()
+        if self._native is not None:
+            self._native.start()
+            _running_native.add(self._native)
+            return
         self._begin()
         self._thread = threading.Thread(
             target=self._run, name=f"pyprofiler-{type(self).__name__}", daemon=True
@@ -55,9 +84,13 @@ class StackSampler:
         self._thread.start()
 
     def stop(self) -> Snapshot:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._native is not None:
+            samples = self._stop_native()
+        else:
+            self._stopping.set()
+            if self._thread is not None:
+                self._thread.join()
+            samples = self.table.samples()
         duration = time.monotonic_ns() - self._start_ns
         return Snapshot(
             sample_types=(ValueType("samples", "count"), self.value_type),
@@ -65,8 +98,28 @@ class StackSampler:
             period=1_000_000_000 // self.hz,
             time_nanos=self._start_wall_ns,
             duration_nanos=duration,
-            samples=self.table.samples(),
+            samples=samples,
         )
+
+    def _stop_native(self) -> list[Sample]:
+        assert self._native is not None
+        _running_native.discard(self._native)
+        records, self.own_cpu_ns, self.error = self._native.stop()
+        # Threads are named as threading names them at stop. One that has exited since its
+        # samples (its ident may now be another thread's) is named by its kernel id, as threads
+        # that threading does not know are.
+        threads = threading._active  # type: ignore[attr-defined]
+        namer = FrameNamer()
+        samples = []
+        for stack, ident, tid, alive, value, count in records:
+            thread = threads.get(ident) if alive else None
+            if thread is not None:
+                name = thread.name
+            else:
+                name = f"thread-{tid}" if tid else "[pyprofiler: thread table full]"
+            frames = namer.stack(stack) if stack is not None else (STACK_TABLE_FULL,)
+            samples.append(Sample(frames, (count, value), (("thread", name),)))
+        return samples
 
     def _run(self) -> None:
         _sampler_idents.add(threading.get_ident())
@@ -107,6 +160,7 @@ class StackSampler:
 
 class CpuSampler(StackSampler):
     value_type = ValueType("cpu", "nanoseconds")
+    wall = False
 
     def __init__(self, hz: int = 100) -> None:
         if not threadclock.SUPPORTED:
@@ -150,6 +204,7 @@ class CpuSampler(StackSampler):
 
 class WallSampler(StackSampler):
     value_type = ValueType("wall", "nanoseconds")
+    wall = True
 
     def _begin(self) -> None:
         self._last_tick_ns = time.monotonic_ns()

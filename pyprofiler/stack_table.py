@@ -21,12 +21,13 @@ MAX_DEPTH = 128
 MAX_STACKS = 10_000
 MAX_FRAMES = 50_000
 
+# The frames that samples which no longer fit are counted under.
+STACK_TABLE_FULL = Frame("[pyprofiler: stack table full]", "<pyprofiler>", 0, 0)
+FRAME_TABLE_FULL = Frame("[pyprofiler: frame table full]", "<pyprofiler>", 0, 0)
+
 _STACK_TABLE_FULL = 0
 _FRAME_TABLE_FULL = 1
-_RESERVED = [
-    Frame("[pyprofiler: stack table full]", "<pyprofiler>", 0, 0),
-    Frame("[pyprofiler: frame table full]", "<pyprofiler>", 0, 0),
-]
+_RESERVED = [STACK_TABLE_FULL, FRAME_TABLE_FULL]
 
 _FrameEntry = Union[Frame, tuple[types.CodeType, int]]
 

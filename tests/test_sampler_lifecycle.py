@@ -1,0 +1,224 @@
+"""The CPU and wall samplers' lifecycle: stop while threads come and go, fork while sampling,
+the interpreter exiting with a profile running, CPU and wall at once. The bar: the profiler never
+crashes, deadlocks or slows the application.
+
+These run with whichever sampler is in use (native when the extension is built); the last test
+runs this module and test_cpu.py again with PYPROFILER_NATIVE=0, for the Python sampler thread.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import run_in_child, spin, threads_running, wait_until
+from test_cpu import _asleep_in_wait
+
+from pyprofiler import stack_sampler
+from pyprofiler.native import native
+from pyprofiler.stack_sampler import CpuSampler, WallSampler
+
+pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+SUBPROCESS_TIMEOUT = 60
+
+
+def functions(snapshot, thread: str | None = None) -> set[str]:
+    return {
+        frame.function
+        for sample in snapshot.samples
+        if thread is None or dict(sample.labels)["thread"] == thread
+        for frame in sample.frames
+    }
+
+
+def threads(snapshot) -> set[str]:
+    return {dict(sample.labels)["thread"] for sample in snapshot.samples}
+
+
+def short_lived() -> None:
+    total = 0
+    for i in range(2_000):
+        total += i
+    time.sleep(0.002)  # Releases the GIL: a sampler can only see a thread that lets go of it.
+
+
+def churn(stop: threading.Event) -> None:
+    """Start and join short threads as fast as possible until stopped."""
+    while not stop.is_set():
+        batch = [threading.Thread(target=short_lived) for _ in range(4)]
+        for thread in batch:
+            thread.start()
+        for thread in batch:
+            thread.join()
+
+
+def test_stop_while_threads_start_and_exit_rapidly():
+    seen_short_lived = False
+    for _ in range(5):
+        samplers = [CpuSampler(1000), WallSampler(1000)]
+        with threads_running(("churn", churn), ("spinner", spin)):
+            for sampler in samplers:
+                sampler.start()
+            time.sleep(0.2)
+            started = time.monotonic()
+            snapshots = [sampler.stop() for sampler in samplers]
+            assert time.monotonic() - started < 5
+        for sampler, snapshot in zip(samplers, snapshots):
+            assert sampler.error is None
+            assert "conftest.spin" in functions(snapshot, "spinner")
+            seen_short_lived |= f"{__name__}.short_lived" in functions(snapshot)
+    assert seen_short_lived
+
+
+def test_stop_is_prompt_at_a_low_rate():
+    sampler = CpuSampler(1)
+    sampler.start()
+    started = time.monotonic()
+    sampler.stop()
+    assert time.monotonic() - started < 0.5
+
+
+def test_sampler_reports_its_own_cpu():
+    sampler = CpuSampler(1000)
+    with threads_running(("spinner", spin)):
+        sampler.start()
+        time.sleep(0.3)
+        sampler.stop()
+    assert sampler.error is None
+    assert 0 < sampler.own_cpu_ns < 300_000_000
+
+
+def test_cpu_and_wall_at_the_same_time():
+    idle = threading.Event()
+    cpu, wall = CpuSampler(), WallSampler()
+    with threads_running(("spinner", spin), ("idler", lambda stop: idle.wait(30))) as running:
+        # The CPU the idler uses on its way to sleep would rightly be in the profile.
+        assert wait_until(lambda: _asleep_in_wait(running[1]))
+        cpu.start()
+        wall.start()
+        time.sleep(0.6)
+        wall_snapshot = wall.stop()
+        cpu_snapshot = cpu.stop()
+        idle.set()
+    assert cpu_snapshot.sample_types[1].type == "cpu"
+    assert wall_snapshot.sample_types[1].type == "wall"
+    assert "conftest.spin" in functions(cpu_snapshot, "spinner")
+    assert "idler" not in threads(cpu_snapshot)
+    assert {"spinner", "idler"} <= threads(wall_snapshot)
+    # Each sampler's thread is in neither profile (the caller's stop() frames may be).
+    for snapshot in (cpu_snapshot, wall_snapshot):
+        assert not {name for name in threads(snapshot) if name.startswith("pyprofiler-")}
+        assert "pyprofiler.stack_sampler.StackSampler._run" not in functions(snapshot)
+    # A wall profile of 0.6 s: about 0.6 s per thread it saw throughout.
+    spinner_wall = sum(
+        s.values[1] for s in wall_snapshot.samples if dict(s.labels)["thread"] == "spinner"
+    )
+    assert 0.4e9 < spinner_wall < 1.2e9
+
+
+def test_fork_while_sampling():
+    def child():
+        # The parent's samplers were copied running, but their threads stayed in the parent:
+        # stopping them here must return at once, and the child can sample on its own.
+        for sampler in inherited:
+            started = time.monotonic()
+            sampler.stop()
+            assert time.monotonic() - started < 2
+        own = CpuSampler(1000)
+        own.start()
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            short_lived()
+        snapshot = own.stop()
+        assert f"{__name__}.short_lived" in functions(snapshot, "MainThread"), snapshot.samples
+
+    inherited = [CpuSampler(1000), WallSampler(1000)]
+    with threads_running(("spinner", spin)):
+        for sampler in inherited:
+            sampler.start()
+        try:
+            for _ in range(3):
+                code, message = run_in_child(child, timeout=20)
+                assert code == 0, message
+        finally:
+            snapshots = [sampler.stop() for sampler in inherited]
+    for snapshot in snapshots:
+        assert "conftest.spin" in functions(snapshot, "spinner")
+
+
+def test_child_exits_without_stopping_inherited_samplers():
+    sampler = CpuSampler(1000)
+    sampler.start()
+    try:
+        code, message = run_in_child(lambda: stack_sampler._stop_native_samplers(), timeout=20)
+        assert code == 0, message
+    finally:
+        sampler.stop()
+
+
+EXIT_WITHOUT_STOP = """
+    import io, sys, threading, time
+    import pyprofiler
+    from pyprofiler import stack_sampler
+
+    def spin():
+        while True:
+            sum(range(1000))
+
+    threading.Thread(target=spin, daemon=True).start()
+    pyprofiler.start_cpu_profile(io.BytesIO())
+    stack_sampler.WallSampler(1000).start()
+    time.sleep(0.3)
+    print("exiting", flush=True)
+    {exit}
+"""
+
+
+@pytest.mark.parametrize("exit", ["pass", "sys.exit(0)", "raise SystemExit"])
+def test_interpreter_exits_with_profiles_running(exit):
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(EXIT_WITHOUT_STOP).format(exit=exit)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        cwd=TESTS,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "exiting\n"
+    assert result.stderr == ""
+
+
+@pytest.mark.skipif(native is None, reason="already the Python sampler")
+def test_python_sampler_passes_the_same_tests():
+    env = dict(os.environ, PYPROFILER_NATIVE="0")
+    check = [
+        sys.executable,
+        "-c",
+        "from pyprofiler import stack_sampler as s; assert s.CpuSampler()._native is None",
+    ]
+    subprocess.run(check, env=env, check=True, timeout=SUBPROCESS_TIMEOUT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_cpu.py",
+            os.path.basename(__file__),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=TESTS,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
