@@ -296,6 +296,11 @@ read_threads(SamplerObject *self, int record)
         if (!find_thread(&self->seen, &cursor, serial, self->max_serial, &thread)) {
             thread = (thread_t){serial, thread_tid(tstate), 0, -1};
         }
+        else if (thread.tid == 0) {
+            /* Listed before its thread ran (3.13 makes the state in the starting thread): the
+             * native id is set once the new thread binds it. */
+            thread.tid = thread_tid(tstate);
+        }
         if (serial > max_serial) {
             max_serial = serial;
         }
