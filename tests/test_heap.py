@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import heap_workload
@@ -672,6 +673,46 @@ def test_threads_allocating_at_rate_one(tmp_path):
     in_child(child)
     _, rows = top(path, "alloc_objects")
     assert flat_of(rows, "allocate_mixed") > 10_000
+
+
+def test_raw_frees_without_the_gil_while_sampling_every_allocation(tmp_path):
+    # zlib allocates and frees through PyMem_RawMalloc with the GIL released: raw frees then
+    # race with sampling and with the tracked table growing, resetting and being read.
+    path = str(tmp_path / "heap.pb.gz")
+
+    def compress_and_keep(deadline: float) -> None:
+        data = bytes(range(256)) * 4096
+        while time.monotonic() < deadline:
+            assert zlib.decompress(zlib.compress(data, 1)) == data
+            kept = [bytes(600) for _ in range(200)]  # Over 512 bytes: raw blocks via pymalloc.
+            del kept
+
+    def child():
+        pyprofiler.set_mem_profile_rate(1)
+        assert heap._native.stats()["frees_seen"] == "raw domain"
+        deadline = time.monotonic() + 1.5
+        workers = [threading.Thread(target=compress_and_keep, args=(deadline,)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for i in range(15):
+            pyprofiler.lookup("heap").write_to(io.BytesIO())
+            if i % 5 == 4:
+                heap._native.reset()
+            time.sleep(0.05)
+        for worker in workers:
+            worker.join(timeout=30)
+        assert not any(worker.is_alive() for worker in workers)
+        compress_and_keep(
+            time.monotonic() + 0.1
+        )  # Samples after the last reset, whatever the timing.
+        with open(path, "wb") as file:
+            pyprofiler.write_heap_profile(file)
+        pyprofiler.set_mem_profile_rate(0)
+        assert heap._native.stats()["dropped_blocks"] == 0
+
+    in_child(child)
+    _, rows = top(path, "alloc_objects")
+    assert flat_of(rows, "compress_and_keep") > 0, rows[:8]
 
 
 def test_threads_allocating_under_dev_mode():
