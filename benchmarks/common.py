@@ -1,15 +1,18 @@
-"""What the overhead benchmarks share: ABBA ordering, how busy the rest of the machine was, and
-the HTTP load generator run."""
+"""What the overhead benchmarks share: ABBA ordering and the pairs it makes, how busy the rest of
+the machine was, the HTTP load generator run, and how figures are printed."""
 
 from __future__ import annotations
 
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from werkzeug.serving import WSGIRequestHandler
 
@@ -49,6 +52,50 @@ class MachineLoad:
 def abba(pairs: int) -> list[bool]:
     """Whether each block is the measured (B) side: False, True, True, False, False, True, ..."""
     return [(i + 1) // 2 % 2 == 1 for i in range(2 * pairs)]
+
+
+@dataclass
+class Pairs:
+    """The (measured, baseline) pairs of adjacent ABBA blocks that figures are computed from.
+    A block is anything with `others`, the CPUs that other processes used meanwhile."""
+
+    kept: list[tuple[Any, Any]]
+    total: int
+    quiet: int  # Pairs during which other processes used at most QUIET_CPUS.
+
+    @classmethod
+    def of(cls, blocks: list, measured: Callable[[Any], bool]) -> Pairs:
+        pairs = [
+            (first, second) if measured(first) else (second, first)
+            for first, second in zip(blocks[::2], blocks[1::2])
+        ]
+        quiet = [p for p in pairs if max(b.others for b in p) <= QUIET_CPUS]
+        # With too few quiet pairs to tell anything, all are kept, and the report says so.
+        kept = quiet if len(quiet) >= MIN_PAIRS else pairs
+        return cls(kept, len(pairs), len(quiet))
+
+    def ratios(self, value: Callable[[Any], float]) -> list[float]:
+        """value(measured) / value(baseline) for each pair."""
+        return [value(measured) / value(baseline) for measured, baseline in self.kept]
+
+    def measured(self) -> list:
+        return [measured for measured, _ in self.kept]
+
+    def baseline(self) -> list:
+        return [baseline for _, baseline in self.kept]
+
+    def most_others(self) -> float:
+        return max(block.others for pair in self.kept for block in pair)
+
+
+def figure(name: str, value: str, bar: str = "", passed: bool | None = None) -> None:
+    verdict = "" if passed is None else ("PASS" if passed else "FAIL")
+    print(f"{name:<42} {value:<52} {bar:<16} {verdict}".rstrip(), flush=True)
+
+
+def spread(values: list[float], fmt: str = ".3f") -> str:
+    median, low, high = statistics.median(values), min(values), max(values)
+    return f"median {median:{fmt}} (min {low:{fmt}}, max {high:{fmt}})"
 
 
 class QuietHandler(WSGIRequestHandler):

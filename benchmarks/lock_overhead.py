@@ -37,7 +37,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from common import HTTP_CLIENTS, MIN_PAIRS, QUIET_CPUS, MachineLoad, QuietHandler, abba, load
+from common import (
+    HTTP_CLIENTS,
+    MachineLoad,
+    Pairs,
+    QuietHandler,
+    abba,
+    figure,
+    load,
+    spread,
+)
 from flask import Flask
 from werkzeug.serving import make_server
 
@@ -80,6 +89,14 @@ class Block:
     others: float
 
 
+def _on(block: Block) -> bool:
+    return block.on
+
+
+def _value(block: Block) -> float:
+    return block.value
+
+
 def run_abba(pairs: int, block: Callable[[bool], float]) -> list[Block]:
     block(False)  # One discarded pair: warming caches, connections, specializations.
     block(True)
@@ -91,38 +108,12 @@ def run_abba(pairs: int, block: Callable[[bool], float]) -> list[Block]:
     return blocks
 
 
-@dataclass
-class Pairs:
-    kept: list[tuple[Block, Block]]  # (B, A)
-    total: int
-    quiet: int
-
-    @classmethod
-    def of(cls, blocks: list[Block]) -> Pairs:
-        pairs = [
-            (first, second) if first.on else (second, first)
-            for first, second in zip(blocks[::2], blocks[1::2])
-        ]
-        quiet = [p for p in pairs if max(b.others for b in p) <= QUIET_CPUS]
-        kept = quiet if len(quiet) >= MIN_PAIRS else pairs
-        return cls(kept, len(pairs), len(quiet))
-
-    def ratios(self) -> list[float]:
-        return [b.value / a.value for b, a in self.kept]
-
-    def describe(self) -> str:
-        others = max(block.others for pair in self.kept for block in pair)
-        used = f"all {self.total}" if len(self.kept) == self.total else f"{len(self.kept)}"
-        return f"{used} of {self.total} pairs ({self.quiet} quiet), others <= {others:.2f} CPUs"
-
-
-def figure(name: str, value: str, bar: str = "", passed: bool | None = None) -> None:
-    verdict = "" if passed is None else ("PASS" if passed else "FAIL")
-    print(f"{name:<44} {value:<50} {bar:<10} {verdict}".rstrip(), flush=True)
-
-
-def spread(values: list[float]) -> str:
-    return f"median {statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+def describe(pairs: Pairs) -> str:
+    used = f"all {pairs.total}" if len(pairs.kept) == pairs.total else f"{len(pairs.kept)}"
+    return (
+        f"{used} of {pairs.total} pairs ({pairs.quiet} quiet), "
+        f"others <= {pairs.most_others():.2f} CPUs"
+    )
 
 
 # --- (a) uncontended acquire/release.
@@ -149,7 +140,7 @@ def compare_locks(plan: Plan, plain, candidate, loop) -> Pairs:
     def block(on: bool) -> float:
         return loop(candidate if on else plain, plan.lock_iterations)
 
-    return Pairs.of(run_abba(plan.lock_pairs, block))
+    return Pairs.of(run_abba(plan.lock_pairs, block), _on)
 
 
 def workload_a(plan: Plan) -> None:
@@ -171,8 +162,8 @@ def workload_a(plan: Plan) -> None:
             same,
         )
         pairs = compare_locks(plan, plain, off, acquire_release)
-        figure(f"(a) {kind}, rates 0: acquire+release", spread(pairs.ratios()), "~1.00")
-        figure("    pairs", pairs.describe())
+        figure(f"(a) {kind}, rates 0: acquire+release", spread(pairs.ratios(_value)), "~1.00")
+        figure("    pairs", describe(pairs))
         set_rates(True)
         on = make()
         instrumented = native is not None and type(on) is getattr(native, kind)
@@ -184,14 +175,14 @@ def workload_a(plan: Plan) -> None:
         )
         for label, loop in (("acquire+release", acquire_release), ("with", with_statement)):
             pairs = compare_locks(plan, plain, on, loop)
-            ratios = pairs.ratios()
+            ratios = pairs.ratios(_value)
             figure(
                 f"(a) {kind}, rates 1/1: {label}",
                 spread(ratios),
                 "<= 1.5",
                 statistics.median(ratios) <= 1.5,
             )
-            figure("    pairs", pairs.describe())
+            figure("    pairs", describe(pairs))
         plain_ns = 1e9 * acquire_release(plain, plan.lock_iterations) / plan.lock_iterations
         on_ns = 1e9 * acquire_release(on, plan.lock_iterations) / plan.lock_iterations
         figure(
@@ -291,20 +282,20 @@ def workload_b(plan: Plan, locked_sleep: float) -> None:
         return result["requests"] / result["seconds"]
 
     try:
-        pairs = Pairs.of(run_abba(plan.http_pairs, block))
+        pairs = Pairs.of(run_abba(plan.http_pairs, block), _on)
     finally:
         set_rates(False)
         server.shutdown()
         server.server_close()
         thread.join(10)
-    ratios = pairs.ratios()
+    ratios = pairs.ratios(_value)
     figure(
         "(b) requests/s, rates 1/1 / rates 0",
         spread(ratios),
         ">= 0.97",
         statistics.median(ratios) >= 0.97,
     )
-    figure("    pairs", pairs.describe())
+    figure("    pairs", describe(pairs))
     for on in (False, True):
         rates = [r["requests"] / r["seconds"] for r in results[on]]
         p99 = [r["p99_ms"] for r in results[on]]

@@ -31,7 +31,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from common import HTTP_CLIENTS, MIN_PAIRS, QUIET_CPUS, MachineLoad, QuietHandler, abba, load
+from common import (
+    HTTP_CLIENTS,
+    MachineLoad,
+    Pairs,
+    QuietHandler,
+    abba,
+    figure,
+    load,
+    spread,
+)
 from werkzeug.serving import make_server
 from workloads import Crowd, Split, create_app
 
@@ -90,51 +99,15 @@ def run_block(profiled: bool, work: Callable[[], Any], hz: int) -> Block:
     return Block(profiled, seconds, process_cpu_ns, sampler_cpu_ns, snapshot, result, others)
 
 
+def _profiled(block: Block) -> bool:
+    return block.profiled
+
+
 def run_abba(pairs: int, work: Callable[[], Any], hz: int) -> list[Block]:
     # One discarded pair first: the first blocks pay for warming caches and specialization.
     run_block(False, work, hz)
     run_block(True, work, hz)
     return [run_block(profiled, work, hz) for profiled in abba(pairs)]
-
-
-@dataclass
-class Pairs:
-    """The (profiled, unprofiled) block pairs that figures are computed from."""
-
-    kept: list[tuple[Block, Block]]
-    total: int
-    quiet: int  # Pairs during which other processes used at most QUIET_CPUS.
-
-    @classmethod
-    def of(cls, blocks: list[Block]) -> Pairs:
-        pairs = [
-            (first, second) if first.profiled else (second, first)
-            for first, second in zip(blocks[::2], blocks[1::2])
-        ]
-        quiet = [p for p in pairs if max(b.others for b in p) <= QUIET_CPUS]
-        # With too few quiet pairs to tell anything, all are kept, and the report says so.
-        kept = quiet if len(quiet) >= MIN_PAIRS else pairs
-        return cls(kept, len(pairs), len(quiet))
-
-    def ratios(self, value: Callable[[Block], float]) -> list[float]:
-        """value(profiled) / value(unprofiled) for each pair."""
-        return [value(profiled) / value(unprofiled) for profiled, unprofiled in self.kept]
-
-    def profiled(self) -> list[Block]:
-        return [profiled for profiled, _ in self.kept]
-
-    def unprofiled(self) -> list[Block]:
-        return [unprofiled for _, unprofiled in self.kept]
-
-
-def figure(name: str, value: str, bar: str = "", passed: bool | None = None) -> None:
-    verdict = "" if passed is None else ("PASS" if passed else "FAIL")
-    print(f"{name:<42} {value:<52} {bar:<16} {verdict}".rstrip(), flush=True)
-
-
-def spread(values: list[float], fmt: str) -> str:
-    median, low, high = statistics.median(values), min(values), max(values)
-    return f"median {median:{fmt}} (min {low:{fmt}}, max {high:{fmt}})"
 
 
 def calibrate(crowd: Crowd, seconds: float) -> int:
@@ -186,7 +159,7 @@ def leaf_cpu_ns(snapshot: Snapshot, function: str) -> int:
 
 
 def report_pairs(label: str, pairs: Pairs) -> None:
-    others = max(block.others for pair in pairs.kept for block in pair)
+    others = pairs.most_others()
     if len(pairs.kept) == pairs.total:
         used = f"all {pairs.total}, of which {pairs.quiet} quiet"
     else:
@@ -211,9 +184,9 @@ def report_crowd(
         f"<= {slowdown_bar}",
         statistics.median(ratios) <= slowdown_bar,
     )
-    unprofiled = statistics.median(b.seconds for b in pairs.unprofiled())
+    unprofiled = statistics.median(b.seconds for b in pairs.baseline())
     figure(f"{label} unprofiled block", f"median {unprofiled:.3f} s")
-    profiled = pairs.profiled()
+    profiled = pairs.measured()
     shares = [100 * b.sampler_cpu_ns / b.process_cpu_ns for b in profiled]
     figure(
         f"{label} sampler CPU / process CPU",
@@ -241,7 +214,7 @@ def measure_crowd(
     crowd = Crowd(busy, idle)
     try:
         rounds = calibrate(crowd, plan.block_seconds)
-        pairs = Pairs.of(run_abba(plan.pairs, lambda: crowd.run(rounds), hz))
+        pairs = Pairs.of(run_abba(plan.pairs, lambda: crowd.run(rounds), hz), _profiled)
         ticks = tick_costs(crowd, plan.ticks, hz)
     finally:
         crowd.close()
@@ -253,7 +226,7 @@ def workload_a(plan: Plan, hz: int) -> None:
     pairs, ticks = measure_crowd(1, 0, plan, hz)
     report_crowd("(a)", pairs, ticks, hz, slowdown_bar=1.02, sampler_bar=1.0)
 
-    profiled = pairs.profiled()
+    profiled = pairs.measured()
     # Read back as pprof reads it, to check the encoded profile and not only the sampler's table.
     snapshots = [proto.decode(proto.encode(b.snapshot)) for b in profiled]
     major = sum(leaf_cpu_ns(s, "hot_major") for s in snapshots)
@@ -281,7 +254,7 @@ def workload_b(plan: Plan, hz: int) -> None:
     print("(b) 8 CPU-bound threads and 100 threads idle in Event.wait()")
     pairs, ticks = measure_crowd(8, 100, plan, hz)
     report_crowd("(b)", pairs, ticks, hz, slowdown_bar=1.03, sampler_bar=2.0)
-    totals = [b.snapshot.total("cpu") / b.process_cpu_ns for b in pairs.profiled()]
+    totals = [b.snapshot.total("cpu") / b.process_cpu_ns for b in pairs.measured()]
     figure("(b) profile cpu total / process CPU", spread(totals, ".3f"), "(no bar)")
 
 
@@ -293,7 +266,8 @@ def workload_c(plan: Plan, hz: int) -> None:
     thread.start()
     try:
         pairs = Pairs.of(
-            run_abba(plan.http_pairs, lambda: load(server.server_port, plan.http_seconds), hz)
+            run_abba(plan.http_pairs, lambda: load(server.server_port, plan.http_seconds), hz),
+            _profiled,
         )
     finally:
         server.shutdown()
@@ -318,7 +292,7 @@ def workload_c(plan: Plan, hz: int) -> None:
         "<= 1.2",
         statistics.median(p99s) <= 1.2,
     )
-    for name, blocks in (("unprofiled", pairs.unprofiled()), ("profiled", pairs.profiled())):
+    for name, blocks in (("unprofiled", pairs.baseline()), ("profiled", pairs.measured())):
         figure(
             f"(c) {name}",
             f"median {statistics.median(rate(b) for b in blocks):.0f} req/s, "

@@ -390,18 +390,7 @@ def _releaser(function: str, action) -> threading.Thread:
 
 def scenario_rlock() -> str:
     rlock = threading.RLock()
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with rlock:
-            held.set()
-            release.wait(JOIN)
-
-    thread = start(hold)
-    assert held.wait(JOIN)
-    helper = _releaser("waits_on_rlock", release.set)
-    waits_on_rlock(rlock)
-    join_all(thread, helper)
+    _contend(rlock, waits_on_rlock, rlock)
     return "threading.RLock rlock"
 
 
