@@ -824,13 +824,13 @@ class Box:
 
 
 def is_holder(function: str) -> bool:
-    """Whether `function` is _contend's `hold` (`_contend.<locals>.hold`; 3.9 and 3.10 name
-    nested functions by their own name only)."""
-    return function in (f"{MOD}._contend.<locals>.hold", f"{MOD}.hold")
+    """Whether `function` is the holding thread's `hold` (`hold_elsewhere.<locals>.hold`; 3.9
+    and 3.10 name nested functions by their own name only)."""
+    return function in (f"{MOD}.hold_elsewhere.<locals>.hold", f"{MOD}.hold")
 
 
-def _contend(lock, wait, *args) -> None:
-    """Hold `lock` from another thread while `wait(*args)` waits for it."""
+def hold_elsewhere(lock) -> tuple[threading.Thread, threading.Event]:
+    """A thread that holds `lock` until the returned event is set; returns once it holds it."""
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -840,6 +840,12 @@ def _contend(lock, wait, *args) -> None:
 
     thread = start(hold)
     assert held.wait(JOIN)
+    return thread, release
+
+
+def _contend(lock, wait, *args) -> None:
+    """Hold `lock` from another thread while `wait(*args)` waits for it."""
+    thread, release = hold_elsewhere(lock)
     helper = _releaser(wait.__name__, release.set)
     wait(*args)
     join_all(thread, helper)
@@ -1181,15 +1187,7 @@ def alarm():
 
 def test_signal_handler_runs_while_waiting_on_native_lock(native_kind, alarm):
     lock = make(native_kind)
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            release.wait(JOIN)
-
-    thread = start(hold)
-    assert held.wait(JOIN)
+    thread, release = hold_elsewhere(lock)
     # Timed out despite the interruption: the handler ran, the wait went on to its deadline.
     signal.setitimer(signal.ITIMER_REAL, 0.05)
     before = time.monotonic()
@@ -1214,15 +1212,7 @@ def test_signal_handler_exception_propagates_from_native_acquire(native_kind):
     def raise_interrupted(signum, frame):
         raise Interrupted
 
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            release.wait(JOIN)
-
-    thread = start(hold)
-    assert held.wait(JOIN)
+    thread, release = hold_elsewhere(lock)
     previous = signal.signal(signal.SIGALRM, raise_interrupted)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
