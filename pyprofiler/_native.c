@@ -570,14 +570,18 @@ sample(void *ptr, size_t size)
     in_hook = 0;
 }
 
+/* Whether an allocation of `size` bytes is the one to sample: the byte countdown ran out. */
+static inline int
+take_sample(size_t size)
+{
+    countdown -= (Py_ssize_t)size;
+    return countdown <= 0 && !in_hook && rate != 0;
+}
+
 static inline void
 on_alloc(void *ptr, size_t size)
 {
-    if (ptr == NULL || in_hook || rate == 0) {
-        return;
-    }
-    countdown -= (Py_ssize_t)size;
-    if (countdown <= 0) {
+    if (ptr != NULL && take_sample(size)) {
         sample(ptr, size);
     }
 }
@@ -641,13 +645,6 @@ hook_free(void *ctx, void *ptr)
  *
  * Installed with the original allocator's context and its own free, so that a free of these
  * domains runs exactly as without the profiler. */
-
-static inline int
-take_sample(size_t size)
-{
-    countdown -= (Py_ssize_t)size;
-    return countdown <= 0 && !in_hook && rate != 0;
-}
 
 static void *
 sampled_alloc(size_t nelem, size_t elsize, int zeroed)

@@ -702,9 +702,8 @@ def test_raw_frees_without_the_gil_while_sampling_every_allocation(tmp_path):
         for worker in workers:
             worker.join(timeout=30)
         assert not any(worker.is_alive() for worker in workers)
-        compress_and_keep(
-            time.monotonic() + 0.1
-        )  # Samples after the last reset, whatever the timing.
+        # Samples after the last reset, whatever the timing.
+        compress_and_keep(time.monotonic() + 0.1)
         with open(path, "wb") as file:
             pyprofiler.write_heap_profile(file)
         pyprofiler.set_mem_profile_rate(0)
