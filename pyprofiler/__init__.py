@@ -7,7 +7,7 @@ then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=10`.
 """
 
 from pyprofiler.count_profiles import new_profile
-from pyprofiler.cpu import start_cpu_profile, stop_cpu_profile
+from pyprofiler.cpu import set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile
 from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError, PyprofilerError
 from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_heap_profile
 from pyprofiler.http import blueprint
@@ -29,6 +29,7 @@ __all__ = [
     "profiles",
     "serve",
     "set_block_profile_rate",
+    "set_cpu_profile_rate",
     "set_mem_profile_rate",
     "set_mutex_profile_fraction",
     "start_cpu_profile",

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "_native.h"
+#include "_native_stackread.h"
 
 #if PY_VERSION_HEX < 0x030B0000
 #  include <frameobject.h>
@@ -219,13 +220,7 @@ top_frame(PyThreadState *tstate)
 #endif
 }
 
-int
-thread_has_frames(PyThreadState *tstate)
-{
-    return top_frame(tstate) != NULL;
-}
-
-int
+static int
 thread_stack(PyThreadState *tstate, frame_t *out, int max, int *truncated)
 {
     return walk_frames(top_frame(tstate), out, max, truncated);
@@ -990,6 +985,10 @@ static PyMethodDef methods[] = {
     {"suspended_line", suspended_line, METH_O,
      "The line a generator or coroutine is suspended at (None once finished), without "
      "creating its frame object."},
+    {"stack_reads_available", stack_reads_available, METH_NOARGS,
+     "Whether the sampler can copy this process's stacks without the GIL (process_vm_readv)."},
+    {"line_of", line_of, METH_VARARGS,
+     "line_of(code, offset): the line at a bytecode offset, as the sampler reads it."},
     {"reset", reset, METH_NOARGS, "Forget every sample."},
     {"after_fork_in_child", after_fork_in_child, METH_NOARGS, "Clean state in a forked child."},
     {"set_lock_profiling", set_lock_profiling, METH_VARARGS,

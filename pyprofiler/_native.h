@@ -17,10 +17,6 @@ typedef struct {
 /* The current thread's Python stack, leaf first, at most `max` frames (*truncated is set when
  * there were more). Reads the interpreter's frames: no allocation, no frame objects. */
 int capture_stack(frame_t *out, int max, int *truncated);
-/* The same for another thread (call with the GIL held: the thread cannot run meanwhile). */
-int thread_stack(PyThreadState *tstate, frame_t *out, int max, int *truncated);
-/* Whether the thread is running Python code at all (cheaper than thread_stack). */
-int thread_has_frames(PyThreadState *tstate);
 /* The CPU and wall samplers' depth limit: Go's since 1.23; deeper stacks keep their innermost. */
 #define MAX_SAMPLED_FRAMES 128
 /* ((code, line), ...) for frames, leaf first. */
@@ -36,7 +32,8 @@ PyObject *lock_contentions(PyObject *module, PyObject *arg);
 PyObject *clear_lock_contentions(PyObject *module, PyObject *unused);
 void locks_after_fork(void);
 
-/* _native_sampler.c: the StackSampler type (a native CPU or wall sampler thread). */
+/* _native_sampler.c: the StackSampler type (a native CPU or wall sampler thread that reads
+ * stacks without the GIL, through _native_stackread.c). */
 int sampler_init(PyObject *module);
 
 #if PY_VERSION_HEX < 0x030A0000

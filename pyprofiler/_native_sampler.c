@@ -1,56 +1,96 @@
-/* StackSampler: the CPU and wall samplers as a native thread.
+/* StackSampler: the CPU and wall samplers as a native thread that reads stacks without the GIL.
  *
- * A Python sampler thread pays for a Python-level wake-up and for sys._current_frames() every
- * tick; this pthread wakes in C, holds the GIL only while it reads the other threads, and creates
- * no Python objects until stop() hands the table over.
+ * A sampler that holds the GIL to read stacks gets it mostly when the application gives it up
+ * to block, so its instants lock onto the application's blocking points, and a thread that
+ * computes between blocking calls is charged at the line where it blocks. This pthread wakes at
+ * its own instants (spread at random around the period, so that they cannot lock onto a
+ * periodic workload either; see wake_on_time() for the scheduler) and copies every thread's
+ * stack as it stands at that instant (_native_stackread.c), running or not, holding the GIL or
+ * not.
  *
- * The pthread has one PyThreadState, made when it starts. Each tick it sleeps to the next
- * absolute deadline on a condition variable (stop() wakes it at once), takes the GIL, reads every
- * thread that runs Python code, and releases the GIL:
- *   CPU:  each thread's CPU clock; a thread that used CPU since the previous reading has its
- *         stack recorded, weighted by the nanoseconds used (a thread first seen: all its CPU);
- *   wall: every thread's stack, weighted by the wall time since the previous tick.
- * Sampler threads never run Python code, so they are skipped with every other frameless thread.
- * stop() wakes the pthread for a final reading, joins it and returns what was recorded.
+ * Each tick, for every thread that runs Python code:
+ *   CPU:  its CPU clock is read before and after its stack is copied. A clock that moved across
+ *         the copy means the thread was on a CPU at that instant, and so does waiting for the
+ *         CPU that the sampler took from it by waking up: the stack is one observation. At
+ *         stop, each thread's observations are scaled to the CPU its clock says it used in the
+ *         window, so totals stay exact. A thread that used CPU but was never seen on a CPU
+ *         (bursts shorter than the period) keeps the older estimate: its stack at each tick,
+ *         weighted by the CPU it used since the previous one.
+ *   wall: its stack, weighted by the wall time since the previous tick. A thread whose clock has
+ *         not moved since then has not run, so its previous stack is counted again, uncopied.
+ * The GIL is taken only to pin code objects met for the first time (they stay referenced until
+ * stop(), so their addresses cannot be reused meanwhile) and, on 3.9 and 3.10, to learn a new
+ * thread's kernel id. Samples that wait for a pin are held in a small buffer until it is done.
  *
- * Every field but the stop flag (under `mutex`) is only touched with the GIL held, or by the
- * pthread before it is started and after it is joined.
+ * The pthread has one PyThreadState, for those pins; it never runs Python code. Every field but
+ * the stop flag (under `mutex`) belongs to the pthread while it runs, and to the thread that
+ * calls start() and stop() before and after.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <sched.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "_native.h"
+#include "_native_stackread.h"
 
 /* As stack_table.py: at most this many (stack, thread) entries; then one overflow entry per
- * thread. Threads beyond MAX_LABELS share the label at index MAX_LABELS. */
+ * thread and kind. Threads beyond MAX_LABELS share the label at index MAX_LABELS. */
 #define MAX_ENTRIES 10000
 #define MAX_LABELS 10000
-#define ENTRY_CAPACITY (MAX_ENTRIES + MAX_LABELS + 1)
-#define ENTRY_SLOTS 65536 /* power of two, over 3 x ENTRY_CAPACITY: short probe runs */
+#define ENTRY_CAPACITY (MAX_ENTRIES + 2 * (MAX_LABELS + 1))
+#define ENTRY_SLOTS 65536 /* power of two, over twice ENTRY_CAPACITY: short probe runs */
 #define OVERFLOW_DEPTH (-1)
+
+#define MAX_CODES 32768   /* pinned code objects */
+#define CODE_SLOTS 65536  /* power of two, twice MAX_CODES */
+#define MAX_CANDIDATES 256 /* code objects met for the first time in one tick */
+#define MAX_PENDING 64     /* samples waiting for their code objects to be pinned */
+#define LINE_SLOTS 4096    /* power of two: (code, offset) -> line */
+#define MAX_LISTED 1000000 /* thread states in one walk: more means the list changed under it */
 
 /* Linux's encoding of a thread's CPU clock from its kernel tid (MAKE_THREAD_CPUCLOCK). */
 #define CPUCLOCK_PERTHREAD 4
 #define CPUCLOCK_SCHED 2
 
+/* What a sample stands for: seen on a CPU (CPU profile) or at a tick (wall), or the CPU used
+ * since the previous tick by a thread not seen on a CPU. */
+enum { OBSERVED, SINCE_TICK };
+
 typedef struct {
     unsigned long ident; /* threading.get_ident() */
     unsigned long tid;   /* kernel thread id */
     uint64_t serial;     /* the thread state's unique id: idents and tids get reused */
+    int64_t observations; /* CPU: samples in the table that were seen on a CPU */
+    int64_t cpu_ns;       /* CPU: what its clock says it used in the window */
 } label_t;
+
+typedef struct entry {
+    uint64_t hash;
+    int64_t value;
+    int64_t count;
+    int32_t label;
+    int kind;
+    int depth;        /* OVERFLOW_DEPTH: the thread's samples that no longer fit */
+    frame_t frames[]; /* leaf first; code objects pinned until stop() */
+} entry_t;
 
 typedef struct {
     uint64_t serial;
-    unsigned long tid;
-    int64_t cpu_ns; /* the CPU clock at the previous reading; 0 before any */
-    int32_t label;  /* -1 until the thread's first sample */
+    unsigned long tid; /* 0 until known */
+    int64_t cpu_ns;    /* its CPU clock at the previous reading; 0 before any, -1 unknown */
+    int32_t label;     /* -1 until the thread's first sample */
+    entry_t *last;     /* wall: where its last sample went, NULL if unknown */
 } thread_t;
 
 typedef struct {
@@ -59,13 +99,18 @@ typedef struct {
 } thread_list_t;
 
 typedef struct {
-    uint64_t hash;
-    int64_t value;
-    int64_t count;
     int32_t label;
-    int depth;        /* OVERFLOW_DEPTH: the thread's samples that no longer fit */
-    frame_t frames[]; /* leaf first; each code object referenced until stop() */
-} entry_t;
+    int kind;
+    int64_t value;
+    int depth;
+    raw_frame_t frames[MAX_SAMPLED_FRAMES];
+} pending_t;
+
+typedef struct {
+    uintptr_t code;
+    int32_t offset;
+    int32_t line;
+} line_slot_t;
 
 enum { NEW, RUNNING, STOPPED };
 
@@ -83,14 +128,32 @@ typedef struct {
     PyThreadState *tstate; /* the pthread's own */
     int64_t last_reading_ns;
     int64_t own_cpu_ns;
+    uint64_t random;
     const char *error;
     thread_list_t seen, seeing; /* threads at the previous reading, and at this one */
     uint64_t max_serial;        /* the newest thread state at the previous reading */
+    int need_tids;              /* 3.9, 3.10: a thread with frames has no kernel id yet */
     label_t *labels;
     uint32_t n_labels;
     entry_t **entries;
     uint32_t n_entries;
     uint32_t *slots; /* open addressing: index + 1 into entries, 0 = empty */
+    code_info_t *codes;
+    uint32_t n_codes;
+    uint32_t *code_slots; /* index + 1 into codes */
+    code_info_t candidates[MAX_CANDIDATES];
+    uint32_t n_candidates;
+    pending_t *pending;
+    uint32_t n_pending;
+    line_slot_t *lines;
+    unsigned char *region;
+    /* What the profile says of itself. */
+    uint64_t dropped;       /* samples whose stack changed as it was read */
+    uint64_t unpinned;      /* samples lost for want of room to pin their code */
+    uint64_t torn_readings; /* walks of the thread list that met a change */
+    uint64_t gil_takes;
+    int64_t max_gil_hold_ns;
+    raw_frame_t raw[MAX_SAMPLED_FRAMES];
     frame_t stack[MAX_SAMPLED_FRAMES];
 } SamplerObject;
 
@@ -105,7 +168,7 @@ clock_ns(clockid_t clock)
 }
 
 /* CPU time of a thread of this process by kernel tid; -1 once it has exited. Never touches the
- * thread's own memory, so it cannot dangle. */
+ * thread's own memory, so it cannot dangle. For a thread on a CPU it is exact to the moment. */
 static int64_t
 thread_cpu_ns(unsigned long tid)
 {
@@ -115,20 +178,51 @@ thread_cpu_ns(unsigned long tid)
     return clock_ns((clockid_t)((~(unsigned int)tid << 3) | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED));
 }
 
-static unsigned long
-thread_tid(PyThreadState *tstate)
+/* Whether the thread waits for the CPU this thread runs on ('R' in /proc, last on this CPU):
+ * it had that CPU until the sampler woke up and took it, so at this instant it was running. */
+static int
+preempted_here(unsigned long tid)
 {
-#if PY_VERSION_HEX >= 0x030B0000
-    return tstate->native_thread_id;
-#else
-    /* No native id before 3.11: decode it from the pthread's CPU clock id (the same encoding).
-     * Safe with the GIL held: a listed thread state's thread has not exited. */
-    clockid_t clock;
-    if (pthread_getcpuclockid((pthread_t)tstate->thread_id, &clock) != 0) {
+    char path[64], text[512];
+    snprintf(path, sizeof path, "/proc/self/task/%lu/stat", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
         return 0;
     }
-    return (unsigned long)(pid_t)~(clock >> 3);
-#endif
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    text[n] = 0;
+    const char *p = strrchr(text, ')'); /* after the command name, which may hold anything */
+    if (p == NULL || strncmp(p, ") R ", 4) != 0) {
+        return 0;
+    }
+    for (int field = 2; field < 39 && p != NULL; field++) { /* field 39: the last CPU */
+        p = strchr(p + 1, ' ');
+    }
+    return p != NULL && atoi(p + 1) == sched_getcpu();
+}
+
+/* Shorter time slices than other threads' (Linux 6.12+, unprivileged), so that waking up on a
+ * busy CPU preempts its thread at once instead of waiting for the end of that thread's slice:
+ * a wait that is short at the start of a thread's burst of work and long later would move the
+ * instants away from the start. No timer slack either: the kernel would otherwise wake this
+ * thread together with timers expiring within 50 us of its own, such as the end of another
+ * thread's sleep, and the instants would lock onto the start of what follows it. */
+static void
+wake_on_time(void)
+{
+    struct {
+        uint32_t size, policy;
+        uint64_t flags;
+        int32_t nice;
+        uint32_t priority;
+        uint64_t runtime, deadline, period;
+    } attr = {sizeof attr, SCHED_OTHER, 0, 0, 0, 100000 /* ns: the shortest slice */, 0, 0};
+    syscall(SYS_sched_setattr, 0, &attr, 0); /* Older kernels refuse it: their default, then. */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 }
 
 static int
@@ -141,120 +235,275 @@ finalizing(void)
 #endif
 }
 
-/* ---- the table --------------------------------------------------------------------------- */
+static uint64_t
+next_random(SamplerObject *self)
+{
+    self->random ^= self->random >> 12;
+    self->random ^= self->random << 25;
+    self->random ^= self->random >> 27;
+    return self->random * 0x2545F4914F6CDD1DULL;
+}
+
+/* ---- the tables --------------------------------------------------------------------------- */
 
 static int
-alloc_table(SamplerObject *self)
+alloc_tables(SamplerObject *self)
 {
     self->labels = calloc(MAX_LABELS + 1, sizeof(label_t));
     self->entries = calloc(ENTRY_CAPACITY, sizeof(entry_t *));
     self->slots = calloc(ENTRY_SLOTS, sizeof(uint32_t));
-    return self->labels != NULL && self->entries != NULL && self->slots != NULL ? 0 : -1;
+    self->codes = calloc(MAX_CODES, sizeof(code_info_t));
+    self->code_slots = calloc(CODE_SLOTS, sizeof(uint32_t));
+    self->pending = calloc(MAX_PENDING, sizeof(pending_t));
+    self->lines = calloc(LINE_SLOTS, sizeof(line_slot_t));
+    self->region = malloc(STACK_REGION_BYTES);
+    return self->labels && self->entries && self->slots && self->codes && self->code_slots &&
+                   self->pending && self->lines && self->region
+               ? 0
+               : -1;
 }
 
-/* With the GIL: releases the code objects. */
+/* With the GIL: releases the pinned code objects. */
 static void
-free_table(SamplerObject *self)
+free_tables(SamplerObject *self)
 {
     for (uint32_t i = 0; i < self->n_entries; i++) {
-        entry_t *e = self->entries[i];
-        for (int d = 0; d < e->depth; d++) {
-            Py_DECREF(e->frames[d].code);
-        }
-        free(e);
+        free(self->entries[i]);
+    }
+    for (uint32_t i = 0; i < self->n_codes; i++) {
+        Py_DECREF(self->codes[i].pinned);
     }
     free(self->entries);
     free(self->slots);
     free(self->labels);
+    free(self->codes);
+    free(self->code_slots);
+    free(self->pending);
+    free(self->lines);
+    free(self->region);
     free(self->seen.items);
     free(self->seeing.items);
     self->entries = NULL;
-    self->slots = NULL;
+    self->slots = self->code_slots = NULL;
     self->labels = NULL;
+    self->codes = NULL;
+    self->pending = NULL;
+    self->lines = NULL;
+    self->region = NULL;
     self->seen = self->seeing = (thread_list_t){NULL, 0, 0};
-    self->n_entries = self->n_labels = 0;
+    self->n_entries = self->n_labels = self->n_codes = self->n_pending = 0;
 }
 
-/* The entry for (stack, label), created if need be; the label's overflow entry once the table
- * is full; NULL only if even that cannot be allocated. */
+/* The entry for (stack, label, kind), created if need be; the label's overflow entry once the
+ * table is full; NULL only if even that cannot be allocated. */
 static entry_t *
-find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label)
+find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label, int kind)
 {
-    uint64_t hash = hash_stack(frames, depth < 0 ? 0 : depth, (size_t)label) ^ (uint64_t)(depth < 0);
+    uint64_t hash = hash_stack(frames, depth < 0 ? 0 : depth, (size_t)label * 2 + (size_t)kind) ^
+                    (uint64_t)(depth < 0);
     size_t mask = ENTRY_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = self->slots[i];
         if (index != 0) {
             entry_t *e = self->entries[index - 1];
-            if (e->hash == hash && e->label == label &&
+            if (e->hash == hash && e->label == label && e->kind == kind &&
                 same_frames(e->frames, frames, e->depth, depth)) {
                 return e;
             }
             continue;
         }
         if (depth >= 0 && self->n_entries >= MAX_ENTRIES) {
-            return find_entry(self, NULL, OVERFLOW_DEPTH, label);
+            return find_entry(self, NULL, OVERFLOW_DEPTH, label, kind);
         }
         int stored = depth < 0 ? 0 : depth;
         entry_t *e = calloc(1, sizeof(entry_t) + (size_t)stored * sizeof(frame_t));
         if (e == NULL) {
-            return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label);
+            return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label, kind);
         }
         e->hash = hash;
         e->label = label;
+        e->kind = kind;
         e->depth = depth;
-        for (int d = 0; d < stored; d++) {
-            e->frames[d] = frames[d];
-            Py_INCREF(frames[d].code);
-        }
+        memcpy(e->frames, frames, (size_t)stored * sizeof(frame_t));
         self->entries[self->n_entries++] = e;
         self->slots[i] = self->n_entries;
         return e;
     }
 }
 
-static void
-add_sample(SamplerObject *self, PyThreadState *tstate, thread_t *thread, int64_t value)
+/* ---- code objects ------------------------------------------------------------------------- */
+
+static code_info_t *
+pinned_code(SamplerObject *self, uintptr_t address)
 {
-    int truncated = 0;
-    int depth = thread_stack(tstate, self->stack, MAX_SAMPLED_FRAMES, &truncated);
-    if (depth == 0) { /* Only frames still being set up: nothing to attribute it to yet. */
-        return;
+    size_t mask = CODE_SLOTS - 1;
+    for (size_t i = (size_t)((address >> 4) * 0x9E3779B97F4A7C15ULL >> 40) & mask;;
+         i = (i + 1) & mask) {
+        uint32_t index = self->code_slots[i];
+        if (index == 0) {
+            return NULL;
+        }
+        if (self->codes[index - 1].address == address) {
+            return &self->codes[index - 1];
+        }
     }
+}
+
+static void
+add_pinned(SamplerObject *self, const code_info_t *info)
+{
+    size_t mask = CODE_SLOTS - 1;
+    size_t i = (size_t)((info->address >> 4) * 0x9E3779B97F4A7C15ULL >> 40) & mask;
+    while (self->code_slots[i] != 0) {
+        i = (i + 1) & mask;
+    }
+    self->codes[self->n_codes++] = *info;
+    self->code_slots[i] = self->n_codes;
+}
+
+/* The lookup a stack copy uses: a pinned code object, or one copied now to be pinned later. */
+static const code_info_t *
+lookup_code(void *context, uintptr_t address)
+{
+    SamplerObject *self = context;
+    const code_info_t *pinned = pinned_code(self, address);
+    if (pinned != NULL) {
+        return pinned;
+    }
+    for (uint32_t i = 0; i < self->n_candidates; i++) {
+        if (self->candidates[i].address == address) {
+            return &self->candidates[i];
+        }
+    }
+    if (self->n_candidates == MAX_CANDIDATES ||
+        copy_code(address, &self->candidates[self->n_candidates]) < 0) {
+        return NULL;
+    }
+    return &self->candidates[self->n_candidates++];
+}
+
+/* With the GIL. A candidate that is no longer the code object it was (freed since) is left
+ * out, and so are the samples that met it. */
+static void
+pin_candidates(SamplerObject *self)
+{
+    for (uint32_t i = 0; i < self->n_candidates && self->n_codes < MAX_CODES; i++) {
+        if (pin_code(&self->candidates[i]) == 0) {
+            add_pinned(self, &self->candidates[i]);
+        }
+    }
+    self->n_candidates = 0;
+}
+
+static int
+line_at(SamplerObject *self, const code_info_t *code, int32_t offset)
+{
+    size_t i = (size_t)(((code->address >> 4) ^ ((uint64_t)(uint32_t)offset * 0x9E3779B1u)) &
+                        (LINE_SLOTS - 1));
+    line_slot_t *slot = &self->lines[i];
+    if (slot->code != code->address || slot->offset != offset) {
+        *slot = (line_slot_t){code->address, offset, code_line(code, offset)};
+    }
+    return slot->line;
+}
+
+/* (code, line) frames for raw ones; -1 while one of their code objects is not pinned. */
+static int
+resolve(SamplerObject *self, const raw_frame_t *raw, int depth)
+{
+    for (int d = 0; d < depth; d++) {
+        const code_info_t *code = pinned_code(self, raw[d].code);
+        if (code == NULL) {
+            return -1;
+        }
+        self->stack[d].code = code->pinned;
+        self->stack[d].lineno = raw[d].line != 0 ? raw[d].line : line_at(self, code, raw[d].offset);
+    }
+    return 0;
+}
+
+/* ---- samples ------------------------------------------------------------------------------ */
+
+static entry_t *
+count_sample(SamplerObject *self, int depth, int32_t label, int kind, int64_t value)
+{
+    entry_t *e = find_entry(self, self->stack, depth, label, kind);
+    if (e != NULL) {
+        e->count++;
+        e->value += value;
+        if (kind == OBSERVED) {
+            self->labels[label].observations++;
+        }
+    }
+    return e;
+}
+
+/* The entry the sample went to, or NULL when it waits for a pin (or was lost). */
+static entry_t *
+add_sample(SamplerObject *self, int depth, int32_t label, int kind, int64_t value)
+{
+    if (resolve(self, self->raw, depth) == 0) {
+        return count_sample(self, depth, label, kind, value);
+    }
+    if (self->n_pending == MAX_PENDING) {
+        self->unpinned++;
+        return NULL;
+    }
+    pending_t *p = &self->pending[self->n_pending++];
+    p->label = label;
+    p->kind = kind;
+    p->value = value;
+    p->depth = depth;
+    memcpy(p->frames, self->raw, (size_t)depth * sizeof(raw_frame_t));
+    return NULL;
+}
+
+static void
+add_pending(SamplerObject *self)
+{
+    for (uint32_t i = 0; i < self->n_pending; i++) {
+        pending_t *p = &self->pending[i];
+        if (resolve(self, p->frames, p->depth) == 0) {
+            count_sample(self, p->depth, p->label, p->kind, p->value);
+        }
+        else {
+            self->unpinned++;
+        }
+    }
+    self->n_pending = 0;
+}
+
+static int32_t
+thread_label(SamplerObject *self, thread_t *thread, const thread_copy_t *copy)
+{
     if (thread->label < 0) {
         if (self->n_labels < MAX_LABELS) {
-            self->labels[self->n_labels] =
-                (label_t){tstate->thread_id, thread->tid, (uint64_t)tstate->id};
+            self->labels[self->n_labels] = (label_t){copy->ident, thread->tid, copy->serial, 0, 0};
             thread->label = (int32_t)self->n_labels++;
         }
         else {
             thread->label = MAX_LABELS; /* zeroed: "thread table full" */
         }
     }
-    entry_t *e = find_entry(self, self->stack, depth, thread->label);
-    if (e != NULL) {
-        e->count++;
-        e->value += value;
-    }
+    return thread->label;
 }
 
-/* ---- readings ---------------------------------------------------------------------------- */
+/* ---- readings ----------------------------------------------------------------------------- */
 
 /* The previous reading of the thread state `serial`. Thread states are listed newest first and
  * their serials only grow, so the previous reading's threads come in the same order: one cursor
- * walks them, and a serial above the previous maximum is a thread that is new since. */
+ * walks them. */
 static int
-find_thread(const thread_list_t *seen, size_t *cursor, uint64_t serial, uint64_t max_serial,
-            thread_t *out)
+find_thread(const thread_list_t *seen, size_t *cursor, uint64_t serial, thread_t *out)
 {
-    if (serial > max_serial) {
-        return 0;
-    }
     for (size_t i = *cursor; i < seen->count; i++) {
         if (seen->items[i].serial == serial) {
             *out = seen->items[i];
             *cursor = i + 1; /* Those skipped have exited. */
             return 1;
+        }
+        if (seen->items[i].serial < serial) {
+            break;
         }
     }
     return 0;
@@ -267,7 +516,7 @@ keep_thread(thread_list_t *list, const thread_t *thread)
         size_t capacity = list->capacity ? list->capacity * 2 : 64;
         thread_t *items = realloc(list->items, capacity * sizeof(thread_t));
         if (items == NULL) {
-            return; /* Seen as new next time: at worst its CPU is counted from its start. */
+            return; /* Unknown next time: its CPU is measured from then. */
         }
         list->items = items;
         list->capacity = capacity;
@@ -275,7 +524,69 @@ keep_thread(thread_list_t *list, const thread_t *thread)
     list->items[list->count++] = *thread;
 }
 
-/* One reading of every thread, with the GIL held; `record` is 0 for the one a profile starts
+static void
+read_cpu(SamplerObject *self, thread_t *thread, const thread_copy_t *copy, int record)
+{
+    int64_t before = thread_cpu_ns(thread->tid);
+    if (before < 0) {
+        return; /* Exited. */
+    }
+    if (thread->cpu_ns < 0 || before == thread->cpu_ns || !record) {
+        thread->cpu_ns = before; /* A baseline, or it did not run since the previous tick. */
+        keep_thread(&self->seeing, thread);
+        return;
+    }
+    int32_t label = thread_label(self, thread, copy);
+    int truncated = 0;
+    int depth = copy_stack(copy, lookup_code, self, self->region, self->raw, MAX_SAMPLED_FRAMES,
+                           &truncated);
+    int64_t after = thread_cpu_ns(thread->tid);
+    if (after < before) {
+        after = before;
+    }
+    self->labels[label].cpu_ns += after - thread->cpu_ns;
+    if (depth < 0) {
+        self->dropped++;
+    }
+    else if (depth > 0) {
+        if (after > before || preempted_here(thread->tid)) {
+            add_sample(self, depth, label, OBSERVED, self->period_ns);
+        }
+        else if (self->labels[label].observations == 0) {
+            add_sample(self, depth, label, SINCE_TICK, after - thread->cpu_ns);
+        }
+    }
+    thread->cpu_ns = after;
+    keep_thread(&self->seeing, thread);
+}
+
+static void
+read_wall(SamplerObject *self, thread_t *thread, const thread_copy_t *copy, int64_t elapsed,
+          int record)
+{
+    int64_t cpu = thread_cpu_ns(thread->tid);
+    if (cpu < 0 && thread->tid != 0) {
+        return; /* Exited. */
+    }
+    if (record) {
+        int32_t label = thread_label(self, thread, copy);
+        if (cpu >= 0 && cpu == thread->cpu_ns && thread->last != NULL) {
+            thread->last->count++; /* Has not run: the same stack. */
+            thread->last->value += elapsed;
+        }
+        else {
+            int truncated = 0;
+            int depth = copy_stack(copy, lookup_code, self, self->region, self->raw,
+                                   MAX_SAMPLED_FRAMES, &truncated);
+            thread->last = depth > 0 ? add_sample(self, depth, label, OBSERVED, elapsed) : NULL;
+            self->dropped += depth < 0;
+        }
+    }
+    thread->cpu_ns = cpu;
+    keep_thread(&self->seeing, thread);
+}
+
+/* One reading of every thread, without the GIL; `record` is 0 for the one a profile starts
  * from. */
 static void
 read_threads(SamplerObject *self, int record)
@@ -284,43 +595,73 @@ read_threads(SamplerObject *self, int record)
     int64_t elapsed = now - self->last_reading_ns;
     self->last_reading_ns = now;
     size_t cursor = 0;
-    uint64_t max_serial = 0;
+    uint64_t max_serial = 0, previous_serial = UINT64_MAX;
+    int torn = 0;
     self->seeing.count = 0;
-    for (PyThreadState *tstate = PyInterpreterState_ThreadHead(self->interp); tstate != NULL;
-         tstate = PyThreadState_Next(tstate)) {
-        if (tstate == self->tstate) {
+    uintptr_t address = (uintptr_t)PyInterpreterState_ThreadHead(self->interp);
+    for (size_t listed = 0; address != 0; listed++) {
+        thread_copy_t copy;
+        /* Serials fall along the list; anything else is a list that changed as it was read. */
+        if (listed == MAX_LISTED || copy_thread(address, self->interp, &copy) < 0 ||
+            copy.serial >= previous_serial) {
+            torn = 1;
+            break;
+        }
+        previous_serial = copy.serial;
+        if (copy.serial > max_serial) {
+            max_serial = copy.serial;
+        }
+        int own = address == (uintptr_t)self->tstate;
+        address = copy.next;
+        if (own) {
             continue;
         }
-        uint64_t serial = (uint64_t)tstate->id;
         thread_t thread;
-        if (!find_thread(&self->seen, &cursor, serial, self->max_serial, &thread)) {
-            thread = (thread_t){serial, thread_tid(tstate), 0, -1};
+        if (!find_thread(&self->seen, &cursor, copy.serial, &thread)) {
+            /* New since the previous reading: all its CPU is in the window. One older than that
+             * reading's newest was missed by it: its CPU is measured from now on. */
+            int64_t cpu = copy.serial > self->max_serial ? 0 : -1;
+            thread = (thread_t){copy.serial, 0, cpu, -1, NULL};
         }
-        else if (thread.tid == 0) {
-            /* Listed before its thread ran (3.13 makes the state in the starting thread): the
-             * native id is set once the new thread binds it. */
-            thread.tid = thread_tid(tstate);
+        if (copy.frame == 0) {
+            keep_thread(&self->seeing, &thread);
+            continue;
         }
-        if (serial > max_serial) {
-            max_serial = serial;
-        }
-        if (thread_has_frames(tstate)) {
-            if (self->wall) {
-                if (record) {
-                    add_sample(self, tstate, &thread, elapsed);
-                }
+#if PY_VERSION_HEX >= 0x030B0000
+        /* Trusted once the thread runs Python code: until then the state may carry its
+         * creator's id (3.11, 3.12) or none (3.13). */
+        if (copy.tid != thread.tid) {
+            if (thread.tid != 0) {
+                thread.cpu_ns = -1;
             }
-            else {
-                int64_t cpu = thread_cpu_ns(thread.tid);
-                if (cpu > thread.cpu_ns) {
-                    if (record) {
-                        add_sample(self, tstate, &thread, cpu - thread.cpu_ns);
-                    }
-                    thread.cpu_ns = cpu;
-                }
+            thread.tid = copy.tid;
+        }
+#endif
+        if (thread.tid == 0) {
+#if PY_VERSION_HEX < 0x030B0000
+            self->need_tids = 1;
+#endif
+            if (!self->wall) {
+                keep_thread(&self->seeing, &thread);
+                continue;
             }
         }
-        keep_thread(&self->seeing, &thread);
+        if (self->wall) {
+            read_wall(self, &thread, &copy, elapsed, record);
+        }
+        else {
+            read_cpu(self, &thread, &copy, record);
+        }
+    }
+    if (torn) {
+        /* Those not reached yet are kept as they were. */
+        self->torn_readings++;
+        for (size_t i = cursor; i < self->seen.count; i++) {
+            keep_thread(&self->seeing, &self->seen.items[i]);
+        }
+        if (self->max_serial > max_serial) {
+            max_serial = self->max_serial;
+        }
     }
     thread_list_t previous = self->seen;
     self->seen = self->seeing;
@@ -328,12 +669,83 @@ read_threads(SamplerObject *self, int record)
     self->max_serial = max_serial;
 }
 
-/* ---- the pthread ------------------------------------------------------------------------- */
+/* With the GIL, on 3.9 and 3.10: kernel ids of threads that run Python code, from their pthread
+ * (alive while its state is listed). `baseline`: also read their clocks now. */
+static void
+find_tids(SamplerObject *self, int baseline)
+{
+#if PY_VERSION_HEX < 0x030B0000
+    if (!self->need_tids) {
+        return;
+    }
+    self->need_tids = 0;
+    for (PyThreadState *tstate = PyInterpreterState_ThreadHead(self->interp); tstate != NULL;
+         tstate = PyThreadState_Next(tstate)) {
+        if (tstate == self->tstate || tstate->frame == NULL) {
+            continue;
+        }
+        for (size_t i = 0; i < self->seen.count; i++) {
+            thread_t *thread = &self->seen.items[i];
+            if (thread->serial != tstate->id || thread->tid != 0) {
+                continue;
+            }
+            clockid_t clock;
+            if (pthread_getcpuclockid((pthread_t)tstate->thread_id, &clock) == 0) {
+                thread->tid = (unsigned long)(pid_t)~(clock >> 3);
+                if (baseline) {
+                    thread->cpu_ns = thread_cpu_ns(thread->tid);
+                }
+            }
+            break;
+        }
+    }
+#else
+    (void)baseline;
+    self->need_tids = 0;
+#endif
+}
+
+/* A tick of the pthread: the reading, then, if it met new code objects or threads, a short
+ * hold of the GIL to pin them. */
+static void
+tick(SamplerObject *self)
+{
+    read_threads(self, 1);
+    if (self->n_candidates > 0 || self->need_tids) {
+        if (finalizing()) { /* Taking the GIL now would end this thread on the spot. */
+            self->n_candidates = 0;
+        }
+        else {
+            PyEval_RestoreThread(self->tstate);
+            int64_t start = clock_ns(CLOCK_MONOTONIC);
+            pin_candidates(self);
+            find_tids(self, 0);
+            int64_t held = clock_ns(CLOCK_MONOTONIC) - start;
+            PyEval_SaveThread();
+            self->gil_takes++;
+            if (held > self->max_gil_hold_ns) {
+                self->max_gil_hold_ns = held;
+            }
+        }
+    }
+    add_pending(self);
+}
+
+/* ---- the pthread -------------------------------------------------------------------------- */
+
+/* The next instant: the period on average, each gap uniform in [0.5, 1.5) periods. */
+static int64_t
+next_instant(SamplerObject *self, int64_t after)
+{
+    double u = (double)(next_random(self) >> 11) / 9007199254740992.0;
+    return after + (int64_t)((0.5 + u) * (double)self->period_ns);
+}
 
 static void *
 run(void *arg)
 {
     SamplerObject *self = arg;
+    wake_on_time();
     if (!finalizing()) {
         /* Needs no GIL (PyGILState_Ensure does the same); binds the state to this thread. */
         self->tstate = PyThreadState_New(self->interp);
@@ -341,7 +753,7 @@ run(void *arg)
             self->error = "could not create a thread state for the sampler thread";
         }
     }
-    int64_t next = self->last_reading_ns + self->period_ns;
+    int64_t next = next_instant(self, self->last_reading_ns);
     while (self->tstate != NULL) {
         struct timespec deadline = {(time_t)(next / 1000000000), (long)(next % 1000000000)};
         pthread_mutex_lock(&self->mutex);
@@ -350,20 +762,14 @@ run(void *arg)
         }
         int last = self->stopping;
         pthread_mutex_unlock(&self->mutex);
-        /* Taking the GIL while the interpreter finalizes would end this thread on the spot. */
-        if (finalizing()) {
-            break;
-        }
-        PyEval_RestoreThread(self->tstate);
-        read_threads(self, 1);
-        PyEval_SaveThread();
+        tick(self);
         if (last) {
             break;
         }
-        next += self->period_ns;
         int64_t now = clock_ns(CLOCK_MONOTONIC);
-        if (next < now) { /* Fell behind (a long GIL hold): skip ticks, never burst. */
-            next = now + self->period_ns;
+        next = next_instant(self, next);
+        if (next < now) { /* Fell behind (a long wait for the GIL): skip ticks, never burst. */
+            next = next_instant(self, now);
         }
     }
     if (self->tstate != NULL && !finalizing()) {
@@ -375,7 +781,7 @@ run(void *arg)
     return NULL;
 }
 
-/* ---- Python interface -------------------------------------------------------------------- */
+/* ---- Python interface --------------------------------------------------------------------- */
 
 static PyObject *
 Sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -414,7 +820,7 @@ Sampler_dealloc(SamplerObject *self)
         pthread_cond_destroy(&self->wake);
         pthread_mutex_destroy(&self->mutex);
     }
-    free_table(self);
+    free_tables(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -425,20 +831,28 @@ Sampler_start(SamplerObject *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "a StackSampler can only be started once");
         return NULL;
     }
-    if (alloc_table(self) < 0) {
-        free_table(self);
+    if (!stackread_available()) {
+        PyErr_SetString(PyExc_OSError,
+                        "this process cannot read its own memory with process_vm_readv");
+        return NULL;
+    }
+    if (alloc_tables(self) < 0) {
+        free_tables(self);
         return PyErr_NoMemory();
     }
     self->interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    self->random = ((uint64_t)clock_ns(CLOCK_MONOTONIC) ^ (uint64_t)(uintptr_t)self) |
+                   1; /* never 0 */
     self->last_reading_ns = clock_ns(CLOCK_MONOTONIC);
     read_threads(self, 0);
+    find_tids(self, 1);
     self->pid = getpid();
     self->stopping = 0;
     Py_INCREF(self); /* The pthread's, released by stop(). */
     int rc = pthread_create(&self->thread, NULL, run, self);
     if (rc != 0) {
         Py_DECREF(self);
-        free_table(self);
+        free_tables(self);
         errno = rc;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -446,9 +860,29 @@ Sampler_start(SamplerObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* ([(stack, ident, tid, alive, value_ns, count)], own_cpu_ns, error): stack is ((code, line),
- * ...) leaf first, or None for the samples of a thread that no longer fit in the table; alive
- * says whether the thread still ran at the final reading (its ident may since be another's). */
+/* An entry's value in the profile: CPU observations scaled to their thread's clock. */
+static int
+entry_value(const SamplerObject *self, const entry_t *e, int64_t *value)
+{
+    if (self->wall) {
+        *value = e->value;
+        return 1;
+    }
+    const label_t *label = &self->labels[e->label];
+    if (e->kind == SINCE_TICK) {
+        *value = e->value;
+        return label->observations == 0; /* Otherwise the observations stand for it. */
+    }
+    *value = label->observations > 0
+                 ? (int64_t)((double)e->count * (double)label->cpu_ns / (double)label->observations)
+                 : 0;
+    return 1;
+}
+
+/* ([(stack, ident, tid, alive, value_ns, count)], own_cpu_ns, error, stats): stack is ((code,
+ * line), ...) leaf first, or None for the samples of a thread that no longer fit in the table;
+ * alive says whether the thread still ran at the final reading (its ident may since be
+ * another's). */
 static PyObject *
 Sampler_stop(SamplerObject *self, PyObject *unused)
 {
@@ -475,23 +909,40 @@ Sampler_stop(SamplerObject *self, PyObject *unused)
     }
     for (uint32_t i = 0; records != NULL && i < self->n_entries; i++) {
         entry_t *e = self->entries[i];
+        int64_t value;
+        if (!entry_value(self, e, &value)) {
+            continue;
+        }
         const label_t *label = &self->labels[e->label];
         PyObject *stack = e->depth < 0 ? Py_NewRef(Py_None) : stack_tuple(e->frames, e->depth);
         PyObject *record =
             stack == NULL ? NULL
                           : Py_BuildValue("(NkkOLL)", stack, label->ident, label->tid,
-                                          alive[e->label] ? Py_True : Py_False,
-                                          (long long)e->value, (long long)e->count);
+                                          alive[e->label] ? Py_True : Py_False, (long long)value,
+                                          (long long)e->count);
         if (record == NULL || PyList_Append(records, record) < 0) {
             Py_CLEAR(records);
         }
         Py_XDECREF(record);
     }
     free(alive);
-    free_table(self);
-    PyObject *result = records == NULL ? NULL
-                                       : Py_BuildValue("(NLz)", records,
-                                                       (long long)self->own_cpu_ns, self->error);
+    PyObject *stats =
+        records == NULL
+            ? NULL
+            : Py_BuildValue("{s:K,s:K,s:K,s:K,s:L,s:I}", "dropped",
+                            (unsigned long long)self->dropped, "unpinned",
+                            (unsigned long long)self->unpinned, "torn_readings",
+                            (unsigned long long)self->torn_readings, "gil_takes",
+                            (unsigned long long)self->gil_takes, "max_gil_hold_ns",
+                            (long long)self->max_gil_hold_ns, "code_objects", self->n_codes);
+    free_tables(self);
+    PyObject *result = NULL;
+    if (stats == NULL) {
+        Py_XDECREF(records);
+    }
+    else { /* Takes both references, even when it fails. */
+        result = Py_BuildValue("(NLzN)", records, (long long)self->own_cpu_ns, self->error, stats);
+    }
     Py_DECREF(self); /* The pthread's reference. */
     return result;
 }
@@ -501,7 +952,7 @@ static PyMethodDef Sampler_methods[] = {
      "Take the first reading and start the sampler thread."},
     {"stop", (PyCFunction)Sampler_stop, METH_NOARGS,
      "Take a final reading, stop the thread and return ([(stack, ident, tid, alive, value_ns, "
-     "count)], own_cpu_ns, error)."},
+     "count)], own_cpu_ns, error, stats)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -509,8 +960,8 @@ static PyTypeObject SamplerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyprofiler._native.StackSampler",
     .tp_basicsize = sizeof(SamplerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "StackSampler(hz, wall): a native thread sampling every thread's stack, weighted "
-              "by CPU used (wall=False) or by wall time (wall=True).",
+    .tp_doc = "StackSampler(hz, wall): a native thread sampling every thread's stack without the "
+              "GIL, weighted by CPU used (wall=False) or by wall time (wall=True).",
     .tp_new = Sampler_new,
     .tp_dealloc = (destructor)Sampler_dealloc,
     .tp_methods = Sampler_methods,

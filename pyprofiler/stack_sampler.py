@@ -34,6 +34,9 @@ _sampler_idents: set[int] = set()
 # Sampler threads do not survive fork, and the child may reuse their idents.
 os.register_at_fork(after_in_child=_sampler_idents.clear)
 
+# The native sampler copies stacks with process_vm_readv, which a seccomp policy can deny.
+_reads_without_gil = native is not None and native.stack_reads_available()
+
 # Native samplers still running. Their threads must be stopped while the interpreter can still
 # be entered: at exit, before finalization (in a forked child, stop() only hands the table over).
 _running_native: set = set()
@@ -62,7 +65,8 @@ class StackSampler:
         self.hz = hz
         self.own_cpu_ns = 0  # The sampler thread's own CPU, known once stopped.
         self.error: str | None = None
-        self._native = native.StackSampler(hz, self.wall) if native is not None else None
+        self.stats: dict[str, int] = {}  # The native sampler's account of itself, once stopped.
+        self._native = native.StackSampler(hz, self.wall) if _reads_without_gil else None
         # The Python thread's state:
         self.table = StackTable()
         self._stopping = threading.Event()
@@ -104,7 +108,7 @@ class StackSampler:
     def _stop_native(self) -> list[Sample]:
         assert self._native is not None
         _running_native.discard(self._native)
-        records, self.own_cpu_ns, self.error = self._native.stop()
+        records, self.own_cpu_ns, self.error, self.stats = self._native.stop()
         # Threads are named as threading names them at stop. One that has exited since its
         # samples (its ident may now be another thread's) is named by its kernel id, as threads
         # that threading does not know are.

@@ -1,0 +1,402 @@
+/* Reading every thread's Python stack without the GIL: see _native_stackread.h.
+ *
+ * Layouts come from the headers of the Python being built for (offsetof, never hard-coded
+ * offsets), so each of 3.9 to 3.13 reads its own structures:
+ *   3.9, 3.10: thread state -> frame objects (f_back), line from co_lnotab / co_linetable;
+ *   3.11, 3.12: thread state -> _PyCFrame -> interpreter frames (previous), location table;
+ *   3.13: thread state -> interpreter frames, location table.
+ * On 3.11+ most frames live in the thread's data stack: its used top is copied in one read, so
+ * that the frames of a running thread come from one instant rather than one read each.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#  include <frameobject.h>
+#else
+#  define Py_BUILD_CORE
+#  include "internal/pycore_frame.h"
+#  undef Py_BUILD_CORE
+#endif
+
+#ifdef Py_GIL_DISABLED
+#  error "the free-threaded build keeps no GIL-bound frames to read: not supported"
+#endif
+
+#include "_native_stackread.h"
+
+/* A walk longer than this has met a cycle in memory that changed as it was read. */
+#define MAX_WALK_STEPS 4096
+
+static pid_t self_pid;
+
+static int
+safe_read(uintptr_t address, void *out, size_t size)
+{
+    if (address < 4096) {
+        return -1;
+    }
+    struct iovec local = {out, size};
+    struct iovec remote = {(void *)address, size};
+    return process_vm_readv(self_pid, &local, 1, &remote, 1, 0) == (ssize_t)size ? 0 : -1;
+}
+
+int
+stackread_available(void)
+{
+    static const uint64_t probe = 0x5079707266696c65ULL;
+    uint64_t copy = 0;
+    self_pid = getpid(); /* Called as each sampler starts: a forked child reads its own memory. */
+    return safe_read((uintptr_t)&probe, &copy, sizeof copy) == 0 && copy == probe;
+}
+
+PyObject *
+stack_reads_available(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(stackread_available());
+}
+
+PyObject *
+line_of(PyObject *module, PyObject *args)
+{
+    PyObject *code;
+    int offset;
+    if (!PyArg_ParseTuple(args, "O!i", &PyCode_Type, &code, &offset)) {
+        return NULL;
+    }
+    code_info_t info;
+    if (!stackread_available() || copy_code((uintptr_t)code, &info) < 0 || pin_code(&info) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the code object could not be copied");
+        return NULL;
+    }
+    int line = code_line(&info, offset);
+    Py_DECREF(info.pinned);
+    return PyLong_FromLong(line);
+}
+
+/* ---- thread states ------------------------------------------------------------------------ */
+
+int
+copy_thread(uintptr_t address, PyInterpreterState *interp, thread_copy_t *out)
+{
+    PyThreadState ts;
+    if (safe_read(address, &ts, sizeof ts) < 0 || ts.interp != interp) {
+        return -1;
+    }
+    out->next = (uintptr_t)ts.next;
+    out->serial = ts.id;
+    out->ident = ts.thread_id;
+    out->region_start = out->region_end = 0;
+#if PY_VERSION_HEX < 0x030B0000
+    out->tid = 0;
+    out->frame = (uintptr_t)ts.frame;
+#else
+    out->tid = ts.native_thread_id;
+#  if PY_VERSION_HEX >= 0x030D0000
+    out->frame = (uintptr_t)ts.current_frame;
+#  else
+    out->frame = 0;
+    if (ts.cframe != NULL) {
+        _PyCFrame cframe;
+        if (safe_read((uintptr_t)ts.cframe, &cframe, sizeof cframe) < 0) {
+            return -1;
+        }
+        out->frame = (uintptr_t)cframe.current_frame;
+    }
+#  endif
+    if (ts.datastack_chunk != NULL) {
+        uintptr_t data = (uintptr_t)ts.datastack_chunk + offsetof(_PyStackChunk, data);
+        uintptr_t top = (uintptr_t)ts.datastack_top;
+        if (top > data && top - data < ((uintptr_t)1 << 30)) {
+            out->region_start = top - data > STACK_REGION_BYTES ? top - STACK_REGION_BYTES : data;
+            out->region_end = top;
+        }
+    }
+#endif
+    return 0;
+}
+
+/* ---- code objects ------------------------------------------------------------------------- */
+
+#if PY_VERSION_HEX >= 0x030B0000
+#  define CODE_HEADER offsetof(PyCodeObject, co_code_adaptive)
+#  define LINE_TABLE co_linetable
+#elif PY_VERSION_HEX >= 0x030A0000
+#  define CODE_HEADER sizeof(PyCodeObject)
+#  define LINE_TABLE co_linetable
+#else
+#  define CODE_HEADER sizeof(PyCodeObject)
+#  define LINE_TABLE co_lnotab
+#endif
+
+int
+copy_code(uintptr_t address, code_info_t *out)
+{
+    union {
+        PyCodeObject code;
+        unsigned char bytes[CODE_HEADER];
+    } copy;
+    if (safe_read(address, &copy, CODE_HEADER) < 0 || Py_TYPE((PyObject *)&copy) != &PyCode_Type) {
+        return -1;
+    }
+    PyCodeObject *co = &copy.code;
+    memset(out, 0, sizeof *out);
+    out->address = address;
+    out->firstlineno = co->co_firstlineno;
+    out->filename = (uintptr_t)co->co_filename;
+    out->name = (uintptr_t)co->co_name;
+    out->linetable = (uintptr_t)co->LINE_TABLE;
+#if PY_VERSION_HEX >= 0x030B0000
+    out->first_instr = address + offsetof(PyCodeObject, co_code_adaptive);
+    out->size = (int32_t)(Py_SIZE((PyObject *)co) * (Py_ssize_t)sizeof(_Py_CODEUNIT));
+    out->first_traceable = co->_co_firsttraceable * (int32_t)sizeof(_Py_CODEUNIT);
+#else
+    PyVarObject bytecode;
+    if (safe_read((uintptr_t)co->co_code, &bytecode, sizeof bytecode) < 0 ||
+        bytecode.ob_base.ob_type != &PyBytes_Type) {
+        return -1;
+    }
+    out->size = (int32_t)bytecode.ob_size;
+#endif
+    return out->size > 0 && out->linetable != 0 ? 0 : -1;
+}
+
+static int
+same_code(const code_info_t *a, const code_info_t *b)
+{
+    return a->address == b->address && a->first_instr == b->first_instr && a->size == b->size &&
+           a->first_traceable == b->first_traceable && a->firstlineno == b->firstlineno &&
+           a->filename == b->filename && a->name == b->name && a->linetable == b->linetable;
+}
+
+int
+pin_code(code_info_t *info)
+{
+    code_info_t now;
+    /* Copied again, not read: unpinned, the object may have been freed since it was seen. */
+    if (copy_code(info->address, &now) < 0 || !same_code(&now, info)) {
+        return -1;
+    }
+    PyCodeObject *code = (PyCodeObject *)info->address;
+    PyObject *table = code->LINE_TABLE;
+    if (!PyBytes_Check(table)) {
+        return -1;
+    }
+    Py_INCREF(code);
+    info->pinned = (PyObject *)code;
+    info->table = (const unsigned char *)PyBytes_AS_STRING(table);
+    info->table_size = PyBytes_GET_SIZE(table);
+    return 0;
+}
+
+/* ---- stacks ------------------------------------------------------------------------------- */
+
+#if PY_VERSION_HEX >= 0x030B0000
+#  define FRAME_HEADER offsetof(_PyInterpreterFrame, localsplus)
+#  if PY_VERSION_HEX >= 0x030D0000
+#    define FRAME_CODE(f) ((uintptr_t)(f).f_executable)
+#    define FRAME_INSTR(f) ((uintptr_t)(f).instr_ptr)
+#  else
+#    define FRAME_CODE(f) ((uintptr_t)(f).f_code)
+#    define FRAME_INSTR(f) ((uintptr_t)(f).prev_instr)
+#  endif
+#  if PY_VERSION_HEX >= 0x030C0000
+#    define MAX_OWNER FRAME_OWNED_BY_CSTACK
+#  else
+#    define MAX_OWNER FRAME_OWNED_BY_FRAME_OBJECT
+#  endif
+
+int
+copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
+           unsigned char *region, raw_frame_t *out, int max, int *truncated)
+{
+    uintptr_t start = thread->region_start, end = thread->region_end;
+    if (end > start && safe_read(start, region, end - start) < 0) {
+        start = end = 0; /* The chunk went away: every frame is read on its own. */
+    }
+    int depth = 0;
+    uintptr_t address = thread->frame;
+    for (int steps = 0; address != 0; steps++) {
+        if (steps == MAX_WALK_STEPS) {
+            return -1;
+        }
+        _PyInterpreterFrame frame;
+        if (address >= start && address + FRAME_HEADER <= end) {
+            memcpy(&frame, region + (address - start), FRAME_HEADER);
+        }
+        else if (safe_read(address, &frame, FRAME_HEADER) < 0) {
+            return -1;
+        }
+        if ((unsigned char)frame.owner > MAX_OWNER) {
+            return -1;
+        }
+        uintptr_t previous = (uintptr_t)frame.previous;
+#  if PY_VERSION_HEX >= 0x030C0000
+        if (frame.owner == FRAME_OWNED_BY_CSTACK) { /* the C call's entry frame: no code */
+            address = previous;
+            continue;
+        }
+#  endif
+        const code_info_t *code = lookup(context, FRAME_CODE(frame));
+        if (code == NULL) {
+            return -1;
+        }
+        /* An instruction outside its code: the frame changed as it was copied. (3.11 and 3.12
+         * point at the unit before the next instruction: one before the first at the start.) */
+        uintptr_t instr = FRAME_INSTR(frame);
+        if (instr + sizeof(_Py_CODEUNIT) < code->first_instr ||
+            instr > code->first_instr + (uintptr_t)code->size) {
+            return -1;
+        }
+        int32_t offset = (int32_t)((intptr_t)instr - (intptr_t)code->first_instr);
+        address = previous;
+        if (frame.owner != FRAME_OWNED_BY_GENERATOR && offset < code->first_traceable) {
+            continue; /* Still being set up: not yet running its own code. */
+        }
+        if (depth == max) {
+            *truncated = 1;
+            break;
+        }
+        out[depth++] = (raw_frame_t){FRAME_CODE(frame), offset, 0};
+    }
+    return depth;
+}
+
+#else /* 3.9 and 3.10: frame objects */
+
+int
+copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
+           unsigned char *region, raw_frame_t *out, int max, int *truncated)
+{
+    int depth = 0;
+    uintptr_t address = thread->frame;
+    for (int steps = 0; address != 0; steps++) {
+        PyFrameObject frame;
+        if (steps == MAX_WALK_STEPS ||
+            safe_read(address, &frame, offsetof(PyFrameObject, f_localsplus)) < 0 ||
+            Py_TYPE((PyObject *)&frame) != &PyFrame_Type) {
+            return -1;
+        }
+        const code_info_t *code = lookup(context, (uintptr_t)frame.f_code);
+        if (code == NULL) {
+            return -1;
+        }
+#  if PY_VERSION_HEX >= 0x030A0000
+        int32_t offset = frame.f_lasti * (int32_t)sizeof(_Py_CODEUNIT);
+        int32_t line = frame.f_lineno; /* Non-zero only while tracing, and then right. */
+#  else
+        int32_t offset = frame.f_lasti;
+        int32_t line = frame.f_trace != NULL ? frame.f_lineno : 0;
+#  endif
+        if (offset < -2 || offset >= code->size) {
+            return -1;
+        }
+        if (depth == max) {
+            *truncated = 1;
+            break;
+        }
+        out[depth++] = (raw_frame_t){(uintptr_t)frame.f_code, offset, line};
+        address = (uintptr_t)frame.f_back;
+    }
+    return depth;
+}
+
+#endif
+
+/* ---- line numbers ------------------------------------------------------------------------- */
+
+#if PY_VERSION_HEX >= 0x030B0000
+
+/* The location table (Objects/locations.md): entries of a first byte 1CCCCLLL (code C, L+1
+ * code units) and a code-dependent tail of 6-bit varints. */
+static unsigned int
+read_varint(const unsigned char **p, const unsigned char *end)
+{
+    unsigned int value = 0, shift = 0;
+    while (*p < end) {
+        unsigned int byte = *(*p)++;
+        value |= (byte & 63) << shift;
+        shift += 6;
+        if (!(byte & 64) || shift > 30) {
+            break;
+        }
+    }
+    return value;
+}
+
+int
+code_line(const code_info_t *info, int offset)
+{
+    if (offset < 0) {
+        return info->firstlineno;
+    }
+    const unsigned char *p = info->table, *end = info->table + info->table_size;
+    int line = info->firstlineno;
+    int address = 0;
+    while (p < end) {
+        unsigned int first = *p++;
+        int kind = (first >> 3) & 15;
+        int length = ((first & 7) + 1) * (int)sizeof(_Py_CODEUNIT);
+        if (kind == 13 || kind == 14) { /* no columns, or the long form */
+            unsigned int delta = read_varint(&p, end);
+            line += (delta & 1) ? -(int)(delta >> 1) : (int)(delta >> 1);
+        }
+        else if (kind >= 10 && kind <= 12) { /* one line, 0 to 2 below */
+            line += kind - 10;
+        }
+        while (p < end && !(*p & 128)) { /* the rest of the entry: columns */
+            p++;
+        }
+        address += length;
+        if (offset < address) {
+            return kind == 15 ? -1 : line;
+        }
+    }
+    return -1;
+}
+
+#elif PY_VERSION_HEX >= 0x030A0000
+
+/* PEP 626's table: (bytes, line delta) pairs, a delta of -128 meaning "no line". */
+int
+code_line(const code_info_t *info, int offset)
+{
+    if (offset < 0) {
+        return info->firstlineno;
+    }
+    int line = info->firstlineno, end = 0;
+    for (Py_ssize_t i = 0; i + 1 < info->table_size; i += 2) {
+        int delta = (signed char)info->table[i + 1];
+        end += info->table[i];
+        if (delta != -128) {
+            line += delta;
+        }
+        if (offset < end) {
+            return delta == -128 ? -1 : line;
+        }
+    }
+    return -1;
+}
+
+#else
+
+/* co_lnotab: (bytes, line delta) pairs. */
+int
+code_line(const code_info_t *info, int offset)
+{
+    int line = info->firstlineno, address = 0;
+    for (Py_ssize_t i = 0; i + 1 < info->table_size; i += 2) {
+        address += info->table[i];
+        if (address > offset) {
+            break;
+        }
+        line += (signed char)info->table[i + 1];
+    }
+    return line;
+}
+
+#endif

@@ -1,0 +1,77 @@
+/* Reading every thread's Python stack without the GIL, as an outside profiler reads a process.
+ *
+ * The sampler thread copies the interpreter's thread states, frames and code objects with
+ * process_vm_readv on its own process: a read of memory that was freed and unmapped meanwhile
+ * fails instead of faulting. What was copied is validated (types, the instruction inside its
+ * code), so a frame pushed or popped as it is read yields an invalid stack, never a crash. Code
+ * objects are only dereferenced directly once pinned (referenced, with the GIL) by the sampler.
+ */
+#ifndef PYPROFILER_NATIVE_STACKREAD_H
+#define PYPROFILER_NATIVE_STACKREAD_H
+
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Whether copies can be made here at all (seccomp can deny process_vm_readv); call before each
+ * sampler starts (a forked child has a pid of its own). */
+int stackread_available(void);
+/* The module's functions: stack_reads_available() and line_of(code, offset), the line that the
+ * sampler's own reading of the line table gives (tested against the interpreter's). */
+PyObject *stack_reads_available(PyObject *module, PyObject *unused);
+PyObject *line_of(PyObject *module, PyObject *args);
+
+/* A thread state as copied. */
+typedef struct {
+    uintptr_t next;         /* the next thread state of the interpreter's list */
+    uint64_t serial;        /* the thread state's unique id */
+    unsigned long ident;    /* threading.get_ident() */
+    unsigned long tid;      /* kernel thread id where the state says it (3.11+); else 0 */
+    uintptr_t frame;        /* the frame it executes, 0 when it runs no Python code */
+    uintptr_t region_start; /* 3.11+: the used part of its current data stack chunk */
+    uintptr_t region_end;
+} thread_copy_t;
+
+/* 0, or -1 when the state could not be copied or is not one of `interp`'s. */
+int copy_thread(uintptr_t tstate, PyInterpreterState *interp, thread_copy_t *out);
+
+/* What a stack walk needs of a code object, and what identifies it while it is not pinned. */
+typedef struct {
+    uintptr_t address;
+    PyObject *pinned;        /* referenced by the sampler; NULL until then */
+    uintptr_t first_instr;   /* 3.11+: address of its first code unit */
+    int32_t size;            /* bytes of bytecode */
+    int32_t first_traceable; /* 3.11+: bytes before the first traceable instruction */
+    int32_t firstlineno;
+    uintptr_t filename, name, linetable; /* the object's own fields: its identity */
+    const unsigned char *table;          /* the line table's bytes, once pinned */
+    Py_ssize_t table_size;
+} code_info_t;
+
+/* Copy and validate the code object at `address`; 0, or -1 if it is not one. */
+int copy_code(uintptr_t address, code_info_t *out);
+/* With the GIL: reference the code object if it is still the one `info` was copied from. */
+int pin_code(code_info_t *info);
+
+/* One frame of a stack as copied: the code's address and where in it execution stands. */
+typedef struct {
+    uintptr_t code;
+    int32_t offset; /* bytes into the bytecode, as PyCode_Addr2Line takes it */
+    int32_t line;   /* the frame's own line number (3.9 and 3.10 while tracing), or 0 */
+} raw_frame_t;
+
+/* The code object at an address, pinned or newly copied, or NULL if there is none. */
+typedef const code_info_t *(*code_lookup_t)(void *context, uintptr_t address);
+
+/* Room for the top of a thread's data stack, copied in one read (3.11+). */
+#define STACK_REGION_BYTES 16384
+
+/* The thread's frames, leaf first, at most `max` (*truncated set when there were more); -1 when
+ * what was copied does not hold together. `region` has STACK_REGION_BYTES of room. */
+int copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
+               unsigned char *region, raw_frame_t *out, int max, int *truncated);
+
+/* The line of a pinned code object at a byte offset, as PyCode_Addr2Line gives it. */
+int code_line(const code_info_t *info, int offset);
+
+#endif
