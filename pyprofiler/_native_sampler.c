@@ -86,11 +86,13 @@ typedef struct entry {
 } entry_t;
 
 typedef struct {
+    uintptr_t address; /* of its thread state */
     uint64_t serial;
     unsigned long tid; /* 0 until known */
     int64_t cpu_ns;    /* its CPU clock at the previous reading; 0 before any, -1 unknown */
     int32_t label;     /* -1 until the thread's first sample */
-    entry_t *last;     /* wall: where its last sample went, NULL if unknown */
+    int sampled;       /* wall: its stack was taken at that clock reading, and went to `last` */
+    entry_t *last;     /* (NULL: it ran no Python code) */
 } thread_t;
 
 typedef struct {
@@ -147,6 +149,10 @@ typedef struct {
     uint32_t n_pending;
     line_slot_t *lines;
     unsigned char *region;
+    void *scratch; /* the previous reading's thread states, copied in one read: */
+    uintptr_t *batch_addresses;
+    thread_copy_t *batch;
+    char *batch_copied;
     /* What the profile says of itself. */
     uint64_t dropped;       /* samples whose stack changed as it was read */
     uint64_t unpinned;      /* samples lost for want of room to pin their code */
@@ -257,8 +263,13 @@ alloc_tables(SamplerObject *self)
     self->pending = calloc(MAX_PENDING, sizeof(pending_t));
     self->lines = calloc(LINE_SLOTS, sizeof(line_slot_t));
     self->region = malloc(STACK_REGION_BYTES);
+    self->scratch = malloc(THREAD_SCRATCH_BYTES);
+    self->batch_addresses = malloc(IOV_BATCH * sizeof(uintptr_t));
+    self->batch = malloc(IOV_BATCH * sizeof(thread_copy_t));
+    self->batch_copied = malloc(IOV_BATCH);
     return self->labels && self->entries && self->slots && self->codes && self->code_slots &&
-                   self->pending && self->lines && self->region
+                   self->pending && self->lines && self->region && self->scratch &&
+                   self->batch_addresses && self->batch && self->batch_copied
                ? 0
                : -1;
 }
@@ -281,6 +292,10 @@ free_tables(SamplerObject *self)
     free(self->pending);
     free(self->lines);
     free(self->region);
+    free(self->scratch);
+    free(self->batch_addresses);
+    free(self->batch);
+    free(self->batch_copied);
     free(self->seen.items);
     free(self->seeing.items);
     self->entries = NULL;
@@ -290,6 +305,10 @@ free_tables(SamplerObject *self)
     self->pending = NULL;
     self->lines = NULL;
     self->region = NULL;
+    self->scratch = NULL;
+    self->batch_addresses = NULL;
+    self->batch = NULL;
+    self->batch_copied = NULL;
     self->seen = self->seeing = (thread_list_t){NULL, 0, 0};
     self->n_entries = self->n_labels = self->n_codes = self->n_pending = 0;
 }
@@ -524,8 +543,19 @@ keep_thread(thread_list_t *list, const thread_t *thread)
     list->items[list->count++] = *thread;
 }
 
+static int
+stack_of(SamplerObject *self, thread_copy_t *copy)
+{
+    int truncated = 0;
+    if (thread_frame(copy) < 0) {
+        return -1;
+    }
+    return copy_stack(copy, lookup_code, self, self->region, self->raw, MAX_SAMPLED_FRAMES,
+                      &truncated);
+}
+
 static void
-read_cpu(SamplerObject *self, thread_t *thread, const thread_copy_t *copy, int record)
+read_cpu(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int record)
 {
     int64_t before = thread_cpu_ns(thread->tid);
     if (before < 0) {
@@ -536,32 +566,35 @@ read_cpu(SamplerObject *self, thread_t *thread, const thread_copy_t *copy, int r
         keep_thread(&self->seeing, thread);
         return;
     }
+    /* On a CPU now if its clock moves across the copy of its stack, or if it waits for the CPU
+     * that the sampler took from it. A thread that is neither is only copied when its CPU has
+     * no observation to go to. */
     int32_t label = thread_label(self, thread, copy);
-    int truncated = 0;
-    int depth = copy_stack(copy, lookup_code, self, self->region, self->raw, MAX_SAMPLED_FRAMES,
-                           &truncated);
     int64_t after = thread_cpu_ns(thread->tid);
+    int on_cpu = after > before || preempted_here(thread->tid);
+    int depth = 0;
+    if (on_cpu || self->labels[label].observations == 0) {
+        depth = stack_of(self, copy);
+        int64_t later = thread_cpu_ns(thread->tid);
+        after = later > after ? later : after;
+    }
     if (after < before) {
         after = before;
     }
     self->labels[label].cpu_ns += after - thread->cpu_ns;
     if (depth < 0) {
-        self->dropped++;
+        self->dropped++; /* Its CPU goes to its other observations. */
     }
     else if (depth > 0) {
-        if (after > before || preempted_here(thread->tid)) {
-            add_sample(self, depth, label, OBSERVED, self->period_ns);
-        }
-        else if (self->labels[label].observations == 0) {
-            add_sample(self, depth, label, SINCE_TICK, after - thread->cpu_ns);
-        }
+        add_sample(self, depth, label, on_cpu ? OBSERVED : SINCE_TICK,
+                   on_cpu ? self->period_ns : after - thread->cpu_ns);
     }
     thread->cpu_ns = after;
     keep_thread(&self->seeing, thread);
 }
 
 static void
-read_wall(SamplerObject *self, thread_t *thread, const thread_copy_t *copy, int64_t elapsed,
+read_wall(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int64_t elapsed,
           int record)
 {
     int64_t cpu = thread_cpu_ns(thread->tid);
@@ -569,21 +602,58 @@ read_wall(SamplerObject *self, thread_t *thread, const thread_copy_t *copy, int6
         return; /* Exited. */
     }
     if (record) {
-        int32_t label = thread_label(self, thread, copy);
-        if (cpu >= 0 && cpu == thread->cpu_ns && thread->last != NULL) {
-            thread->last->count++; /* Has not run: the same stack. */
-            thread->last->value += elapsed;
+        if (cpu >= 0 && cpu == thread->cpu_ns && thread->sampled) {
+            if (thread->last != NULL) { /* Has not run: the same stack. */
+                thread->last->count++;
+                thread->last->value += elapsed;
+            }
         }
         else {
-            int truncated = 0;
-            int depth = copy_stack(copy, lookup_code, self, self->region, self->raw,
-                                   MAX_SAMPLED_FRAMES, &truncated);
-            thread->last = depth > 0 ? add_sample(self, depth, label, OBSERVED, elapsed) : NULL;
+            int depth = stack_of(self, copy);
+            entry_t *entry = NULL;
+            if (depth > 0) {
+                entry = add_sample(self, depth, thread_label(self, thread, copy), OBSERVED,
+                                   elapsed);
+            }
             self->dropped += depth < 0;
+            thread->sampled = depth == 0 || entry != NULL; /* Not while waiting for a pin. */
+            thread->last = entry;
         }
     }
     thread->cpu_ns = cpu;
     keep_thread(&self->seeing, thread);
+}
+
+/* The previous reading's thread states, copied in one read; each is used only if it is still
+ * the same state (its serial) when the walk reaches its address. */
+static void
+copy_previous(SamplerObject *self)
+{
+    int n = self->seen.count < IOV_BATCH ? (int)self->seen.count : IOV_BATCH;
+    for (int i = 0; i < n; i++) {
+        self->batch_addresses[i] = self->seen.items[i].address;
+    }
+    if (n > 0) {
+        copy_threads(self->batch_addresses, n, self->interp, self->scratch, self->batch,
+                     self->batch_copied);
+    }
+}
+
+static int
+copy_at(SamplerObject *self, size_t cursor, uintptr_t address, thread_copy_t *out)
+{
+    /* The walk meets the previous reading's threads in their order: look a few ahead of the
+     * cursor (those skipped have exited). */
+    for (size_t i = cursor; i < cursor + 4 && i < self->seen.count && i < IOV_BATCH; i++) {
+        if (self->seen.items[i].address == address) {
+            if (self->batch_copied[i] && self->batch[i].serial == self->seen.items[i].serial) {
+                *out = self->batch[i];
+                return 0;
+            }
+            break;
+        }
+    }
+    return copy_thread(address, self->interp, out);
 }
 
 /* One reading of every thread, without the GIL; `record` is 0 for the one a profile starts
@@ -598,11 +668,12 @@ read_threads(SamplerObject *self, int record)
     uint64_t max_serial = 0, previous_serial = UINT64_MAX;
     int torn = 0;
     self->seeing.count = 0;
+    copy_previous(self);
     uintptr_t address = (uintptr_t)PyInterpreterState_ThreadHead(self->interp);
     for (size_t listed = 0; address != 0; listed++) {
         thread_copy_t copy;
         /* Serials fall along the list; anything else is a list that changed as it was read. */
-        if (listed == MAX_LISTED || copy_thread(address, self->interp, &copy) < 0 ||
+        if (listed == MAX_LISTED || copy_at(self, cursor, address, &copy) < 0 ||
             copy.serial >= previous_serial) {
             torn = 1;
             break;
@@ -611,9 +682,9 @@ read_threads(SamplerObject *self, int record)
         if (copy.serial > max_serial) {
             max_serial = copy.serial;
         }
-        int own = address == (uintptr_t)self->tstate;
+        uintptr_t here = address;
         address = copy.next;
-        if (own) {
+        if (here == (uintptr_t)self->tstate) {
             continue;
         }
         thread_t thread;
@@ -621,30 +692,33 @@ read_threads(SamplerObject *self, int record)
             /* New since the previous reading: all its CPU is in the window. One older than that
              * reading's newest was missed by it: its CPU is measured from now on. */
             int64_t cpu = copy.serial > self->max_serial ? 0 : -1;
-            thread = (thread_t){copy.serial, 0, cpu, -1, NULL};
+            thread = (thread_t){here, copy.serial, 0, cpu, -1, 0, NULL};
         }
-        if (copy.frame == 0) {
-            keep_thread(&self->seeing, &thread);
+        if (copy.frame_known && copy.frame == 0) {
+            keep_thread(&self->seeing, &thread); /* Runs no Python code (or not yet). */
             continue;
         }
 #if PY_VERSION_HEX >= 0x030B0000
         /* Trusted once the thread runs Python code: until then the state may carry its
          * creator's id (3.11, 3.12) or none (3.13). */
         if (copy.tid != thread.tid) {
-            if (thread.tid != 0) {
-                thread.cpu_ns = -1;
-            }
-            thread.tid = copy.tid;
-        }
-#endif
-        if (thread.tid == 0) {
-#if PY_VERSION_HEX < 0x030B0000
-            self->need_tids = 1;
-#endif
-            if (!self->wall) {
+            if (thread_frame(&copy) < 0) {
                 keep_thread(&self->seeing, &thread);
                 continue;
             }
+            if (copy.frame != 0) {
+                if (thread.tid != 0) {
+                    thread.cpu_ns = -1;
+                }
+                thread.tid = copy.tid;
+            }
+        }
+#else
+        self->need_tids |= thread.tid == 0;
+#endif
+        if (thread.tid == 0 && !self->wall) {
+            keep_thread(&self->seeing, &thread);
+            continue;
         }
         if (self->wall) {
             read_wall(self, &thread, &copy, elapsed, record);

@@ -80,41 +80,89 @@ line_of(PyObject *module, PyObject *args)
 
 /* ---- thread states ------------------------------------------------------------------------ */
 
-int
-copy_thread(uintptr_t address, PyInterpreterState *interp, thread_copy_t *out)
+static int
+from_state(const PyThreadState *ts, PyInterpreterState *interp, thread_copy_t *out)
 {
-    PyThreadState ts;
-    if (safe_read(address, &ts, sizeof ts) < 0 || ts.interp != interp) {
+    if (ts->interp != interp) {
         return -1;
     }
-    out->next = (uintptr_t)ts.next;
-    out->serial = ts.id;
-    out->ident = ts.thread_id;
+    out->next = (uintptr_t)ts->next;
+    out->serial = ts->id;
+    out->ident = ts->thread_id;
     out->region_start = out->region_end = 0;
 #if PY_VERSION_HEX < 0x030B0000
     out->tid = 0;
-    out->frame = (uintptr_t)ts.frame;
+    out->frame = (uintptr_t)ts->frame;
+    out->frame_known = 1;
 #else
-    out->tid = ts.native_thread_id;
+    out->tid = ts->native_thread_id;
 #  if PY_VERSION_HEX >= 0x030D0000
-    out->frame = (uintptr_t)ts.current_frame;
+    out->frame = (uintptr_t)ts->current_frame;
+    out->frame_known = 1;
 #  else
-    out->frame = 0;
-    if (ts.cframe != NULL) {
-        _PyCFrame cframe;
-        if (safe_read((uintptr_t)ts.cframe, &cframe, sizeof cframe) < 0) {
-            return -1;
-        }
-        out->frame = (uintptr_t)cframe.current_frame;
-    }
+    out->frame = (uintptr_t)ts->cframe; /* read by thread_frame() when it is needed */
+    out->frame_known = ts->cframe == NULL;
 #  endif
-    if (ts.datastack_chunk != NULL) {
-        uintptr_t data = (uintptr_t)ts.datastack_chunk + offsetof(_PyStackChunk, data);
-        uintptr_t top = (uintptr_t)ts.datastack_top;
+    if (ts->datastack_chunk != NULL) {
+        uintptr_t data = (uintptr_t)ts->datastack_chunk + offsetof(_PyStackChunk, data);
+        uintptr_t top = (uintptr_t)ts->datastack_top;
         if (top > data && top - data < ((uintptr_t)1 << 30)) {
             out->region_start = top - data > STACK_REGION_BYTES ? top - STACK_REGION_BYTES : data;
             out->region_end = top;
         }
+    }
+#endif
+    return 0;
+}
+
+int
+copy_thread(uintptr_t address, PyInterpreterState *interp, thread_copy_t *out)
+{
+    PyThreadState ts;
+    if (safe_read(address, &ts, sizeof ts) < 0) {
+        return -1;
+    }
+    return from_state(&ts, interp, out);
+}
+
+int
+copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *interp, void *scratch,
+             thread_copy_t *out, char *copied)
+{
+    PyThreadState *states = scratch;
+    struct iovec remote[IOV_BATCH];
+    memset(copied, 0, (size_t)n);
+    if (n > IOV_BATCH) {
+        n = IOV_BATCH;
+    }
+    int valid = 0;
+    for (int i = 0; i < n; i++) {
+        remote[i] = (struct iovec){(void *)addresses[i], sizeof(PyThreadState)};
+    }
+    struct iovec local = {states, (size_t)n * sizeof(PyThreadState)};
+    /* Stops at the first state that cannot be read (the rest are left to copy_thread()). */
+    ssize_t read = process_vm_readv(self_pid, &local, 1, remote, (unsigned long)n, 0);
+    int complete = read < 0 ? 0 : (int)((size_t)read / sizeof(PyThreadState));
+    for (int i = 0; i < complete; i++) {
+        if (from_state(&states[i], interp, &out[i]) == 0) {
+            copied[i] = 1;
+            valid++;
+        }
+    }
+    return valid;
+}
+
+int
+thread_frame(thread_copy_t *thread)
+{
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+    if (!thread->frame_known) {
+        _PyCFrame cframe;
+        if (safe_read(thread->frame, &cframe, sizeof cframe) < 0) {
+            return -1;
+        }
+        thread->frame = (uintptr_t)cframe.current_frame;
+        thread->frame_known = 1;
     }
 #endif
     return 0;

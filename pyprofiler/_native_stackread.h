@@ -27,13 +27,22 @@ typedef struct {
     uint64_t serial;        /* the thread state's unique id */
     unsigned long ident;    /* threading.get_ident() */
     unsigned long tid;      /* kernel thread id where the state says it (3.11+); else 0 */
-    uintptr_t frame;        /* the frame it executes, 0 when it runs no Python code */
+    uintptr_t frame;        /* the frame it executes (0: no Python code), once frame_known */
+    int frame_known;        /* 3.11 and 3.12 read it from another structure: thread_frame() */
     uintptr_t region_start; /* 3.11+: the used part of its current data stack chunk */
     uintptr_t region_end;
 } thread_copy_t;
 
 /* 0, or -1 when the state could not be copied or is not one of `interp`'s. */
 int copy_thread(uintptr_t tstate, PyInterpreterState *interp, thread_copy_t *out);
+/* Up to IOV_BATCH thread states in one read: copied[i] says whether out[i] holds addresses[i]'s.
+ * `scratch` has room for IOV_BATCH states. Returns how many were copied. */
+#define IOV_BATCH 1024
+#define THREAD_SCRATCH_BYTES (IOV_BATCH * sizeof(PyThreadState))
+int copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *interp, void *scratch,
+                 thread_copy_t *out, char *copied);
+/* Fill in thread->frame; -1 when it could not be read. */
+int thread_frame(thread_copy_t *thread);
 
 /* What a stack walk needs of a code object, and what identifies it while it is not pinned. */
 typedef struct {
@@ -67,7 +76,8 @@ typedef const code_info_t *(*code_lookup_t)(void *context, uintptr_t address);
 #define STACK_REGION_BYTES 16384
 
 /* The thread's frames, leaf first, at most `max` (*truncated set when there were more); -1 when
- * what was copied does not hold together. `region` has STACK_REGION_BYTES of room. */
+ * what was copied does not hold together. `region` has STACK_REGION_BYTES of room; the
+ * thread's frame is known (thread_frame()). */
 int copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
                unsigned char *region, raw_frame_t *out, int max, int *truncated);
 
