@@ -544,14 +544,11 @@ keep_thread(thread_list_t *list, const thread_t *thread)
 }
 
 static int
-stack_of(SamplerObject *self, thread_copy_t *copy)
+stack_of(SamplerObject *self, const thread_t *thread)
 {
     int truncated = 0;
-    if (thread_frame(copy) < 0) {
-        return -1;
-    }
-    return copy_stack(copy, lookup_code, self, self->region, self->raw, MAX_SAMPLED_FRAMES,
-                      &truncated);
+    return copy_stack(thread->address, self->interp, lookup_code, self, self->region, self->raw,
+                      MAX_SAMPLED_FRAMES, &truncated);
 }
 
 static void
@@ -574,7 +571,7 @@ read_cpu(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int record)
     int on_cpu = after > before || preempted_here(thread->tid);
     int depth = 0;
     if (on_cpu || self->labels[label].observations == 0) {
-        depth = stack_of(self, copy);
+        depth = stack_of(self, thread);
         int64_t later = thread_cpu_ns(thread->tid);
         after = later > after ? later : after;
     }
@@ -609,7 +606,7 @@ read_wall(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int64_t el
             }
         }
         else {
-            int depth = stack_of(self, copy);
+            int depth = stack_of(self, thread);
             entry_t *entry = NULL;
             if (depth > 0) {
                 entry = add_sample(self, depth, thread_label(self, thread, copy), OBSERVED,

@@ -181,6 +181,17 @@ thread_frame(thread_copy_t *thread)
 #  define LINE_TABLE co_lnotab
 #endif
 
+/* Freed memory keeps its old contents, so a copy that looks like a code object may be a dead
+ * one: but a freed block's first word (the reference count) holds the allocator's free list
+ * link (pymalloc, glibc), an address far above any count, or zero. (3.12+ immortal objects
+ * count 2**32 - 1.) */
+static int
+live_object(const PyObject *copy)
+{
+    Py_ssize_t refcnt = copy->ob_refcnt;
+    return refcnt > 0 && refcnt < ((Py_ssize_t)1 << 40);
+}
+
 int
 copy_code(uintptr_t address, code_info_t *out)
 {
@@ -188,12 +199,14 @@ copy_code(uintptr_t address, code_info_t *out)
         PyCodeObject code;
         unsigned char bytes[CODE_HEADER];
     } copy;
-    if (safe_read(address, &copy, CODE_HEADER) < 0 || Py_TYPE((PyObject *)&copy) != &PyCode_Type) {
+    if (safe_read(address, &copy, CODE_HEADER) < 0 || !live_object((PyObject *)&copy) ||
+        Py_TYPE((PyObject *)&copy) != &PyCode_Type) {
         return -1;
     }
     PyCodeObject *co = &copy.code;
     memset(out, 0, sizeof *out);
     out->address = address;
+    out->flags = co->co_flags;
     out->firstlineno = co->co_firstlineno;
     out->filename = (uintptr_t)co->co_filename;
     out->name = (uintptr_t)co->co_name;
@@ -202,6 +215,12 @@ copy_code(uintptr_t address, code_info_t *out)
     out->first_instr = address + offsetof(PyCodeObject, co_code_adaptive);
     out->size = (int32_t)(Py_SIZE((PyObject *)co) * (Py_ssize_t)sizeof(_Py_CODEUNIT));
     out->first_traceable = co->_co_firsttraceable * (int32_t)sizeof(_Py_CODEUNIT);
+#  if PY_VERSION_HEX >= 0x030C0000
+    out->frame_bytes = co->co_framesize * (int32_t)sizeof(PyObject *);
+#  else /* what 3.11's _PyEvalFramePushAndInit() pushes */
+    out->frame_bytes = (co->co_nlocalsplus + co->co_stacksize + (int32_t)FRAME_SPECIALS_SIZE) *
+                       (int32_t)sizeof(PyObject *);
+#  endif
 #else
     PyVarObject bytecode;
     if (safe_read((uintptr_t)co->co_code, &bytecode, sizeof bytecode) < 0 ||
@@ -225,7 +244,8 @@ int
 pin_code(code_info_t *info)
 {
     code_info_t now;
-    /* Copied again, not read: unpinned, the object may have been freed since it was seen. */
+    /* Copied again, not read: unpinned, the object may have been freed since it was seen; once
+     * it is live again, the GIL keeps it so. */
     if (copy_code(info->address, &now) < 0 || !same_code(&now, info)) {
         return -1;
     }
@@ -243,54 +263,145 @@ pin_code(code_info_t *info)
 
 /* ---- stacks ------------------------------------------------------------------------------- */
 
+/* A thread's stack starts with a function; one that seems to start with a generator or
+ * coroutine was read as it yielded (its link to its caller cut), with the rest missing. */
+static int
+ends_in_generator(const code_info_t *bottom, uintptr_t next, int truncated)
+{
+    return bottom != NULL && next == 0 && !truncated &&
+           (bottom->flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR));
+}
+
+/* Two reads in one call, the second made after the first. */
+static int
+safe_read2(uintptr_t first, void *out_first, size_t first_size, uintptr_t second,
+           void *out_second, size_t second_size)
+{
+    if (first < 4096 || second < 4096) {
+        return -1;
+    }
+    struct iovec local[2] = {{out_first, first_size}, {out_second, second_size}};
+    struct iovec remote[2] = {{(void *)first, first_size}, {(void *)second, second_size}};
+    return process_vm_readv(self_pid, local, 2, remote, 2, 0) ==
+                   (ssize_t)(first_size + second_size)
+               ? 0
+               : -1;
+}
+
+/* How a walk makes sure that what it copies held together, without stopping the thread:
+ *   - a frame is only used if it points at an instruction inside its own code object, and that
+ *     code object is one (copy_code, pin_code);
+ *   - frames read one by one: each is read together with the link of the frame reached before
+ *     it (its callee), read again after it; the callee must still be linked to it, so the two
+ *     were caller and callee at once (a caller outlives its callee);
+ *   - 3.11+: the top of the data stack is copied in one read, after the pointer to the thread's
+ *     current frame; two frames the thread pushed itself are then adjacent there, a callee
+ *     starting where its caller's frame ends, which a frame left over in a slot that was since
+ *     reused for another does not do (the copy is not atomic: lower pages are copied first);
+ *   - a stack that seems to start with a generator was read as it yielded. */
+
 #if PY_VERSION_HEX >= 0x030B0000
 #  define FRAME_HEADER offsetof(_PyInterpreterFrame, localsplus)
 #  if PY_VERSION_HEX >= 0x030D0000
-#    define FRAME_CODE(f) ((uintptr_t)(f).f_executable)
+#    define FRAME_CODE_FIELD f_executable
 #    define FRAME_INSTR(f) ((uintptr_t)(f).instr_ptr)
+#    define TOP_FRAME(ts, address) ((address) + offsetof(PyThreadState, current_frame))
 #  else
-#    define FRAME_CODE(f) ((uintptr_t)(f).f_code)
+#    define FRAME_CODE_FIELD f_code
 #    define FRAME_INSTR(f) ((uintptr_t)(f).prev_instr)
+#    define TOP_FRAME(ts, address)                                                            \
+        ((ts).cframe ? (uintptr_t)(ts).cframe + offsetof(_PyCFrame, current_frame) : 0)
 #  endif
+#  define FRAME_CODE(f) ((uintptr_t)(f).FRAME_CODE_FIELD)
 #  if PY_VERSION_HEX >= 0x030C0000
 #    define MAX_OWNER FRAME_OWNED_BY_CSTACK
 #  else
 #    define MAX_OWNER FRAME_OWNED_BY_FRAME_OBJECT
 #  endif
+/* The part of a frame that holds its code and its link to its caller. */
+#  define LINK_START                                                                          \
+      (offsetof(_PyInterpreterFrame, FRAME_CODE_FIELD) < offsetof(_PyInterpreterFrame, previous) \
+           ? offsetof(_PyInterpreterFrame, FRAME_CODE_FIELD)                                 \
+           : offsetof(_PyInterpreterFrame, previous))
+#  define LINK_END (offsetof(_PyInterpreterFrame, previous) + sizeof(void *))
+
+static uintptr_t
+link_field(const unsigned char *link, size_t offset)
+{
+    uintptr_t value;
+    memcpy(&value, link + (offset - LINK_START), sizeof value);
+    return value;
+}
 
 int
-copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
+copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, void *context,
            unsigned char *region, raw_frame_t *out, int max, int *truncated)
 {
-    uintptr_t start = thread->region_start, end = thread->region_end;
-    if (end > start && safe_read(start, region, end - start) < 0) {
+    PyThreadState ts;
+    if (safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
+        return -1;
+    }
+    thread_copy_t bounds;
+    from_state(&ts, interp, &bounds);
+    uintptr_t start = bounds.region_start, end = bounds.region_end;
+    uintptr_t top = TOP_FRAME(ts, tstate), address = 0;
+    if (top == 0) {
+        return 0;
+    }
+    if (end > start && safe_read2(top, &address, sizeof address, start, region, end - start) < 0) {
         start = end = 0; /* The chunk went away: every frame is read on its own. */
     }
+    if (end == start && safe_read(top, &address, sizeof address) < 0) {
+        return -1;
+    }
     int depth = 0;
-    uintptr_t address = thread->frame;
+    const code_info_t *bottom = NULL;
+    uintptr_t callee = 0, callee_code = 0;
+    int callee_adjacent = 0; /* the callee came from the data stack copy, pushed by its thread */
     for (int steps = 0; address != 0; steps++) {
         if (steps == MAX_WALK_STEPS) {
             return -1;
         }
         _PyInterpreterFrame frame;
-        if (address >= start && address + FRAME_HEADER <= end) {
+        int in_region = address >= start && address + FRAME_HEADER <= end &&
+                        (callee == 0 || callee_adjacent);
+        if (in_region) {
             memcpy(&frame, region + (address - start), FRAME_HEADER);
         }
-        else if (safe_read(address, &frame, FRAME_HEADER) < 0) {
-            return -1;
+        else if (callee == 0) {
+            if (safe_read(address, &frame, FRAME_HEADER) < 0) {
+                return -1;
+            }
+        }
+        else {
+            unsigned char link[LINK_END - LINK_START];
+            if (safe_read2(address, &frame, FRAME_HEADER, callee + LINK_START, link,
+                           sizeof link) < 0 ||
+                link_field(link, offsetof(_PyInterpreterFrame, previous)) != address ||
+                link_field(link, offsetof(_PyInterpreterFrame, FRAME_CODE_FIELD)) !=
+                    callee_code) {
+                return -1;
+            }
         }
         if ((unsigned char)frame.owner > MAX_OWNER) {
             return -1;
         }
-        uintptr_t previous = (uintptr_t)frame.previous;
+        uintptr_t here = address;
+        address = (uintptr_t)frame.previous;
 #  if PY_VERSION_HEX >= 0x030C0000
         if (frame.owner == FRAME_OWNED_BY_CSTACK) { /* the C call's entry frame: no code */
-            address = previous;
+            callee = here;
+            callee_code = FRAME_CODE(frame);
+            callee_adjacent = 0;
             continue;
         }
 #  endif
         const code_info_t *code = lookup(context, FRAME_CODE(frame));
         if (code == NULL) {
+            return -1;
+        }
+        if (in_region && callee_adjacent && frame.owner == FRAME_OWNED_BY_THREAD &&
+            callee != here + (uintptr_t)code->frame_bytes) {
             return -1;
         }
         /* An instruction outside its code: the frame changed as it was copied. (3.11 and 3.12
@@ -300,8 +411,10 @@ copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
             instr > code->first_instr + (uintptr_t)code->size) {
             return -1;
         }
+        callee = here;
+        callee_code = FRAME_CODE(frame);
+        callee_adjacent = in_region && frame.owner == FRAME_OWNED_BY_THREAD;
         int32_t offset = (int32_t)((intptr_t)instr - (intptr_t)code->first_instr);
-        address = previous;
         if (frame.owner != FRAME_OWNED_BY_GENERATOR && offset < code->first_traceable) {
             continue; /* Still being set up: not yet running its own code. */
         }
@@ -310,23 +423,47 @@ copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
             break;
         }
         out[depth++] = (raw_frame_t){FRAME_CODE(frame), offset, 0};
+        bottom = code;
     }
-    return depth;
+    return ends_in_generator(bottom, address, *truncated) ? -1 : depth;
 }
 
 #else /* 3.9 and 3.10: frame objects */
 
+/* A frame object up to its link to its caller and its code. */
+#  define LINK_END (offsetof(PyFrameObject, f_code) + sizeof(void *))
+
 int
-copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
+copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, void *context,
            unsigned char *region, raw_frame_t *out, int max, int *truncated)
 {
+    PyThreadState ts;
+    if (safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
+        return -1;
+    }
     int depth = 0;
-    uintptr_t address = thread->frame;
+    const code_info_t *bottom = NULL;
+    uintptr_t address = (uintptr_t)ts.frame, callee = 0, callee_code = 0;
     for (int steps = 0; address != 0; steps++) {
         PyFrameObject frame;
-        if (steps == MAX_WALK_STEPS ||
-            safe_read(address, &frame, offsetof(PyFrameObject, f_localsplus)) < 0 ||
-            Py_TYPE((PyObject *)&frame) != &PyFrame_Type) {
+        if (steps == MAX_WALK_STEPS) {
+            return -1;
+        }
+        if (callee == 0) {
+            if (safe_read(address, &frame, offsetof(PyFrameObject, f_localsplus)) < 0) {
+                return -1;
+            }
+        }
+        else {
+            PyFrameObject link;
+            if (safe_read2(address, &frame, offsetof(PyFrameObject, f_localsplus), callee, &link,
+                           LINK_END) < 0 ||
+                !live_object((PyObject *)&link) || (uintptr_t)link.f_back != address ||
+                (uintptr_t)link.f_code != callee_code) {
+                return -1;
+            }
+        }
+        if (!live_object((PyObject *)&frame) || Py_TYPE((PyObject *)&frame) != &PyFrame_Type) {
             return -1;
         }
         const code_info_t *code = lookup(context, (uintptr_t)frame.f_code);
@@ -343,14 +480,17 @@ copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
         if (offset < -2 || offset >= code->size) {
             return -1;
         }
+        callee = address;
+        callee_code = (uintptr_t)frame.f_code;
+        address = (uintptr_t)frame.f_back;
         if (depth == max) {
             *truncated = 1;
             break;
         }
-        out[depth++] = (raw_frame_t){(uintptr_t)frame.f_code, offset, line};
-        address = (uintptr_t)frame.f_back;
+        out[depth++] = (raw_frame_t){callee_code, offset, line};
+        bottom = code;
     }
-    return depth;
+    return ends_in_generator(bottom, address, *truncated) ? -1 : depth;
 }
 
 #endif

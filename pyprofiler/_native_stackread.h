@@ -51,7 +51,9 @@ typedef struct {
     uintptr_t first_instr;   /* 3.11+: address of its first code unit */
     int32_t size;            /* bytes of bytecode */
     int32_t first_traceable; /* 3.11+: bytes before the first traceable instruction */
+    int32_t frame_bytes;     /* 3.11+: what a frame of it takes on the data stack */
     int32_t firstlineno;
+    int32_t flags;           /* co_flags */
     uintptr_t filename, name, linetable; /* the object's own fields: its identity */
     const unsigned char *table;          /* the line table's bytes, once pinned */
     Py_ssize_t table_size;
@@ -75,10 +77,10 @@ typedef const code_info_t *(*code_lookup_t)(void *context, uintptr_t address);
 /* Room for the top of a thread's data stack, copied in one read (3.11+). */
 #define STACK_REGION_BYTES 16384
 
-/* The thread's frames, leaf first, at most `max` (*truncated set when there were more); -1 when
- * what was copied does not hold together. `region` has STACK_REGION_BYTES of room; the
- * thread's frame is known (thread_frame()). */
-int copy_stack(const thread_copy_t *thread, code_lookup_t lookup, void *context,
+/* The frames of the thread whose state is at `tstate`, read afresh, leaf first, at most `max`
+ * (*truncated set when there were more); -1 when what was copied does not hold together.
+ * `region` has STACK_REGION_BYTES of room. */
+int copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, void *context,
                unsigned char *region, raw_frame_t *out, int max, int *truncated);
 
 /* The line of a pinned code object at a byte offset, as PyCode_Addr2Line gives it. */

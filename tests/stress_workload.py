@@ -1,0 +1,208 @@
+"""Stress for the native sampler, run as a script: CPU and wall profiles at 1 kHz, back to back,
+while threads start and exit, recurse to 5 000 frames and back, raise through deep stacks, run
+generators, coroutines and freshly exec'd code.
+
+    python tests/stress_workload.py --seconds 600 [--window 5]
+
+Every function here calls only the functions the CALLS table says it calls, so a sampled stack
+that holds any other caller -> callee pair is a wrong frame: a stack read as it changed and not
+caught. Prints one JSON line at the end: profiles taken, samples, the wrong pairs seen (at most
+a few), and the samplers' own counts of dropped stacks. Exits 0 unless it crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import threading
+import time
+
+from pyprofiler.stack_sampler import CpuSampler, WallSampler
+from pyprofiler.stack_table import MAX_DEPTH
+
+RECURSION = 5000
+MODULE = __name__
+
+# caller -> the functions of this module it calls (directly, or through threading or asyncio).
+CALLS = {
+    "main": {"run_profiles"},
+    "run_profiles": set(),
+    "spawner": {"short_life", "compute"},
+    "short_life": {"compute"},
+    "recurser": {"deep", "compute"},
+    "deep": {"deep", "compute"},
+    "raiser": {"raise_deep"},
+    "raise_deep": {"raise_deep", "compute"},
+    "generating": {"numbers", "compute"},
+    "numbers": {"compute"},
+    "event_loop": {"handler"},
+    "handler": {"coroutine_chain"},
+    "coroutine_chain": {"coroutine_chain", "compute"},
+    "executing": {"<exec>"},
+    "<exec>": {"compute"},
+    "compute": set(),
+}
+# What threading and asyncio run at the bottom of a thread's stack: no caller of ours.
+ROOTS = {"main", "spawner", "recurser", "raiser", "generating", "event_loop", "executing",
+         "handler", "coroutine_chain", "short_life"}
+
+
+def compute(n: int = 200) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def short_life() -> None:
+    compute(2000)
+
+
+def spawner(stop: threading.Event) -> None:
+    while not stop.is_set():
+        threads = [threading.Thread(target=short_life) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        compute(100)
+
+
+def deep(n: int) -> int:
+    if n == 0:
+        return compute(500)
+    return deep(n - 1) + 1
+
+
+def recurser(stop: threading.Event) -> None:
+    while not stop.is_set():
+        deep(RECURSION)
+        compute(100)
+
+
+def raise_deep(n: int) -> None:
+    if n == 0:
+        compute(50)
+        raise ValueError("bottom")
+    raise_deep(n - 1)
+
+
+def raiser(stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            raise_deep(300)
+        except ValueError:
+            pass
+
+
+def numbers(count: int):
+    for i in range(count):
+        yield compute(50) + i
+
+
+def generating(stop: threading.Event) -> None:
+    while not stop.is_set():
+        for _ in numbers(100):
+            pass
+        compute(10)
+
+
+async def coroutine_chain(depth: int) -> int:
+    if depth == 0:
+        await asyncio.sleep(0)
+        return compute(100)
+    return await coroutine_chain(depth - 1)
+
+
+async def handler(stop: threading.Event) -> None:
+    while not stop.is_set():
+        await coroutine_chain(20)
+
+
+def event_loop(stop: threading.Event) -> None:
+    async def run() -> None:
+        await asyncio.gather(*(handler(stop) for _ in range(20)))
+
+    asyncio.run(run())
+
+
+def executing(stop: threading.Event) -> None:
+    for serial in itertools.count():
+        if stop.is_set():
+            return
+        # Fresh source every time: a new code object each round, freed after it.
+        source = f"compute({serial % 7 + 100})\n" * 20
+        exec(compile(source, f"<exec {serial}>", "exec"), {"compute": compute})
+
+
+def wrong_pairs(stack: tuple) -> list[tuple[str, str]]:
+    """Caller -> callee pairs of this module's frames that CALLS does not allow."""
+    ours = []
+    for frame in stack:
+        if frame.filename.startswith("<exec "):
+            ours.append("<exec>")
+        elif frame.function.startswith(f"{MODULE}."):
+            ours.append(frame.function.rsplit(".", 1)[-1])
+    ours = [name for name in ours if name in CALLS]
+    wrong = []
+    for callee, caller in zip(ours, ours[1:]):
+        if callee not in CALLS[caller]:
+            wrong.append((caller, callee))
+    if ours and ours[-1] not in ROOTS and len(stack) < MAX_DEPTH:  # else it lost its roots
+        wrong.append(("<root>", ours[-1]))
+    return wrong
+
+
+def run_profiles(seconds: float, window: float) -> dict:
+    summary = {"profiles": 0, "samples": 0, "wrong": [], "dropped": 0, "unpinned": 0,
+               "torn_readings": 0, "max_gil_hold_ns": 0}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samplers = [CpuSampler(1000), WallSampler(1000)]
+        for sampler in samplers:
+            sampler.start()
+        time.sleep(min(window, max(0.1, deadline - time.monotonic())))
+        for sampler in samplers:
+            snapshot = sampler.stop()
+            summary["profiles"] += 1
+            summary["samples"] += sum(s.values[0] for s in snapshot.samples)
+            for sample in snapshot.samples:
+                for pair in wrong_pairs(sample.frames):
+                    if len(summary["wrong"]) < 20:
+                        summary["wrong"].append(pair)
+            for key in ("dropped", "unpinned", "torn_readings"):
+                summary[key] += sampler.stats.get(key, 0)
+            summary["max_gil_hold_ns"] = max(
+                summary["max_gil_hold_ns"], sampler.stats.get("max_gil_hold_ns", 0)
+            )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--window", type=float, default=5)
+    args = parser.parse_args()
+    sys.setrecursionlimit(RECURSION + 1000)
+    if sys.version_info < (3, 12):
+        threading.stack_size(64 << 20)  # 5 000 Python frames use the C stack before 3.11
+    stop = threading.Event()
+    workers = [spawner, recurser, raiser, generating, event_loop, executing]
+    threads = [threading.Thread(target=w, args=(stop,), name=w.__name__) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        summary = run_profiles(args.seconds, args.window)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    summary["alive"] = [t.name for t in threads if t.is_alive()]
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
