@@ -11,16 +11,17 @@ Event beside them.
     python tests/request_workload.py --waits sleep,socket,queue,lock [--copies 2] [--idle 100]
                                      [--hz 100]
 
-Prints a JSON line {"url": the pyprofiler server's URL, "threads": {"thread name": ident}} naming
-the worker threads, then obeys stdin lines: "mark" (start a measuring window), "report" (print the
-window's {"thread name": {"parse": ns, "render": ns, "cpu": ns}} as JSON, cpu being the
-thread's whole CPU in the window), "quit". Exits by itself after --max-seconds or on stdin EOF.
+Prints a JSON line {"url": the pyprofiler server's URL, "threads": {"thread name": ident}}
+naming the worker threads, then obeys stdin lines: "mark" (start a measuring window), "report"
+(print the window's {"thread name": Counters} as JSON), "quit". Exits by itself after
+--max-seconds or on stdin EOF. Tests that profile in their own process use Workers directly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import socket
 import sys
@@ -67,13 +68,18 @@ def calibrate() -> int:
 
 
 class Counters:
+    """What a worker timed: CPU in parse() and render() and in all, wall time waiting and in
+    all, in nanoseconds."""
+
     def __init__(self) -> None:
         self.parse = 0
         self.render = 0
         self.cpu = 0
+        self.wait_wall = 0
+        self.wall = 0
 
     def snapshot(self) -> dict[str, int]:
-        return {"parse": self.parse, "render": self.render, "cpu": self.cpu}
+        return dict(vars(self))
 
 
 def wait_sleep(_state) -> None:
@@ -147,8 +153,8 @@ def worker(kind: str, state, per_ms: int, stop: threading.Event, counters: Count
     wait = globals()[f"wait_{kind}"]
     parse_n = per_ms * PARSE_NS // 1_000_000
     render_n = per_ms * RENDER_NS // 1_000_000
-    clock = time.thread_time_ns
-    began = clock()
+    clock, wall = time.thread_time_ns, time.perf_counter_ns
+    began, began_wall = clock(), wall()
     while not stop.is_set():
         start = clock()
         parse(parse_n)
@@ -157,8 +163,51 @@ def worker(kind: str, state, per_ms: int, stop: threading.Event, counters: Count
         end = clock()
         counters.parse += middle - start
         counters.render += end - middle
+        waited = wall()
         wait(state)
+        counters.wait_wall += wall() - waited
         counters.cpu = clock() - began
+        counters.wall = wall() - began_wall
+
+
+class Workers:
+    """Worker threads named worker-KIND-COPY, with the helper threads that answer their waits,
+    and `idle` threads waiting beside them; stop() ends and joins them all."""
+
+    def __init__(self, kinds: list[str], copies: int = 1, idle: int = 0) -> None:
+        per_ms = calibrate()
+        self._stop = threading.Event()
+        self._helpers: list[threading.Thread] = []
+        self.counters: dict[str, Counters] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        for kind in kinds:
+            for copy in range(copies):
+                state = start_wait(kind, self._stop, self._helpers)
+                name = f"worker-{kind}-{copy}"
+                self.counters[name] = Counters()
+                self.threads[name] = threading.Thread(
+                    target=worker,
+                    args=(kind, state, per_ms, self._stop, self.counters[name]),
+                    name=name,
+                )
+        idlers = [
+            threading.Thread(target=self._stop.wait, name=f"idle-{i}", daemon=True)
+            for i in range(idle)
+        ]
+        for thread in self._helpers + idlers + list(self.threads.values()):
+            thread.start()
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {name: counters.snapshot() for name, counters in self.counters.items()}
+
+    def since(self, base: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        now = self.snapshot()
+        return {name: {k: now[name][k] - base[name][k] for k in now[name]} for name in now}
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._helpers + list(self.threads.values()):
+            thread.join(timeout=10)
 
 
 def main() -> None:
@@ -168,7 +217,6 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=0, help="idle threads beside the workers")
     parser.add_argument("--max-seconds", type=float, default=180)
     parser.add_argument("--hz", type=int, default=100, help="the CPU profile's sampling rate")
-    parser.add_argument("--no-serve", action="store_true", help="no pyprofiler server")
     args = parser.parse_args()
     kinds = [k for k in args.waits.split(",") if k]
     unknown = set(kinds) - set(WAITS)
@@ -176,52 +224,28 @@ def main() -> None:
         parser.error(f"unknown waits {sorted(unknown)}; choose from {WAITS}")
 
     pyprofiler.set_cpu_profile_rate(args.hz)
-    per_ms = calibrate()
-    stop = threading.Event()
-    helpers: list[threading.Thread] = []
-    workers: dict[str, tuple[threading.Thread, Counters]] = {}
-    for kind in kinds:
-        for copy in range(args.copies):
-            state = start_wait(kind, stop, helpers)
-            counters = Counters()
-            name = f"worker-{kind}-{copy}"
-            thread = threading.Thread(
-                target=worker, args=(kind, state, per_ms, stop, counters), name=name
-            )
-            workers[name] = (thread, counters)
-    idle = [
-        threading.Thread(target=stop.wait, name=f"idle-{i}", daemon=True)
-        for i in range(args.idle)
-    ]
-    server = None if args.no_serve else pyprofiler.serve(port=0, max_seconds=120)
-    for thread in helpers + idle + [t for t, _ in workers.values()]:
-        thread.start()
-    timer = threading.Timer(args.max_seconds, stop.set)
-    timer.daemon = True
-    timer.start()
-    idents = {name: thread.ident for name, (thread, _) in workers.items()}
-    print(json.dumps({"url": server.url if server else None, "threads": idents}), flush=True)
-    base = {name: c.snapshot() for name, (_, c) in workers.items()}
+    workers = Workers(kinds, args.copies, args.idle)
+    server = pyprofiler.serve(port=0, max_seconds=120)
+    # A watchdog: never outlive a parent that stopped talking.
+    timeout = threading.Timer(args.max_seconds, os._exit, args=(3,))
+    timeout.daemon = True
+    timeout.start()
+    idents = {name: thread.ident for name, thread in workers.threads.items()}
+    print(json.dumps({"url": server.url, "threads": idents}), flush=True)
+    base = workers.snapshot()
     try:
         for line in sys.stdin:
             command = line.strip()
             if command == "mark":
-                base = {name: c.snapshot() for name, (_, c) in workers.items()}
+                base = workers.snapshot()
             elif command == "report":
-                report = {}
-                for name, (_, counters) in workers.items():
-                    now = counters.snapshot()
-                    report[name] = {k: now[k] - base[name][k] for k in now}
-                print(json.dumps(report), flush=True)
-            elif command == "quit" or stop.is_set():
+                print(json.dumps(workers.since(base)), flush=True)
+            elif command == "quit":
                 break
     finally:
-        timer.cancel()
-        stop.set()
-        for thread in helpers + [t for t, _ in workers.values()]:
-            thread.join(timeout=10)
-        if server is not None:
-            server.stop()
+        timeout.cancel()
+        workers.stop()
+        server.stop()
 
 
 if __name__ == "__main__":
