@@ -1,17 +1,22 @@
 """CPU attribution on request-shaped work: threads that compute between blocking calls.
 
-    python benchmarks/request_shapes.py                     # 20 s windows, about 2 minutes
+    python benchmarks/request_shapes.py                     # 20 s windows, about 5 minutes
     python benchmarks/request_shapes.py --seconds 5         # quicker, noisier
     python benchmarks/request_shapes.py --backend python    # the pure-Python sampler
 
-Runs tests/request_workload.py: worker threads that loop parse() (~2.5 ms of CPU), render()
-(~7.5 ms), then wait ~10 ms in time.sleep, a socket recv, a queue.Queue.get or a Lock, each
-worker timing its own parse() and render() with its thread CPU clock. Two shapes: one worker per
-kind of wait, then two per kind beside 100 idle threads. In each, one window of --seconds is
+Four shapes, each in a process of its own:
+  - tests/request_workload.py, one worker thread per kind of wait, then two per kind beside 100
+    idle threads: each worker loops parse() (~2.5 ms of CPU), render() (~7.5 ms), then waits
+    ~10 ms in time.sleep, a socket recv, a queue.Queue.get or a Lock;
+  - tests/service_workload.py, a threaded Flask app and an asyncio server whose handler parses,
+    waits ~10 ms on a database socket (an await, for asyncio) and renders, under load from
+    benchmarks/loadgen.py in another process.
+Each times its own parse() and render() with its thread CPU clock. One window of --seconds is
 profiled over HTTP by pyprofiler, then (when py-spy is installed) the next window of the same
 process is recorded by py-spy: one after the other, because two samplers at once disturb each
-other on a small machine. Each worker's split is printed for its window: the truth,
-pyprofiler, py-spy. Also the profile's CPU total against the process's CPU in the window.
+other on a small machine. Printed per worker (per service), for its window: the truth,
+pyprofiler, py-spy (the wait: its share of the thread, or of the request handler), and the
+profile's CPU total against the process's CPU in the window.
 
 A measurement, not a test: exits 0 whatever the figures (tests/test_request_accuracy.py holds
 the bars).
@@ -27,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -35,10 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyprofiler import proto  # noqa: E402
 
-WORKLOAD = Path(__file__).resolve().parent.parent / "tests" / "request_workload.py"
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+# name: (script, its arguments, whether it is a service to put under load)
 SHAPES = {
-    "one worker per wait": ["--copies", "1"],
-    "two per wait, 100 idle threads": ["--copies", "2", "--idle", "100"],
+    "one worker per wait": ("request_workload.py", ["--copies", "1"], False),
+    "two per wait, 100 idle threads": (
+        "request_workload.py", ["--copies", "2", "--idle", "100"], False),
+    "flask: parse, database socket, render": ("service_workload.py", ["--app=flask"], True),
+    "asyncio: parse, await database, render": ("service_workload.py", ["--app=asyncio"], True),
 }
 
 
@@ -78,6 +89,28 @@ def shares(stacks: dict[str, dict[tuple[str, ...], float]]) -> dict[str, dict[st
     return result
 
 
+def service_shares(stacks: dict[str, dict[tuple[str, ...], float]]) -> dict[str, dict[str, float]]:
+    """The whole service as one row: parse and render as fractions of the two, and the wait
+    for the database as a fraction of the handler's total."""
+    split = {"parse": 0.0, "render": 0.0, "wait": 0.0, "handler": 0.0}
+    for by_stack in stacks.values():
+        for stack, value in by_stack.items():
+            names = [name.rsplit(".", 1)[-1] for name in stack]
+            if names and names[0] in ("parse", "render"):
+                split[names[0]] += value
+            if "wait_db" in names:
+                split["wait"] += value
+            if "work" in names or "handle" in names:
+                split["handler"] += value
+    computing = (split["parse"] + split["render"]) or 1
+    return {"service": {
+        "parse": split["parse"] / computing,
+        "render": split["render"] / computing,
+        "wait": split["wait"] / (split["handler"] or 1),
+        "total": sum(sum(by_stack.values()) for by_stack in stacks.values()),
+    }}
+
+
 def pyprofiler_stacks(data: bytes) -> dict[str, dict[tuple[str, ...], float]]:
     snapshot = proto.decode(data)
     index = [t.type for t in snapshot.sample_types].index("cpu")
@@ -101,8 +134,8 @@ def py_spy_stacks(path: str) -> dict[str, dict[tuple[str, ...], float]]:
     return stacks
 
 
-def window(process: subprocess.Popen, seconds: int, record) -> tuple[dict, dict, int]:
-    """One measured window: (the workers' truth, shares as `record()` saw them, process CPU)."""
+def window(process: subprocess.Popen, record, service: bool) -> tuple[dict, dict, int]:
+    """One measured window: (the truth, shares as `record()` saw them, process CPU)."""
     process.stdin.write("mark\n")
     process.stdin.flush()
     cpu_before = process_cpu_ns(process.pid)
@@ -110,21 +143,29 @@ def window(process: subprocess.Popen, seconds: int, record) -> tuple[dict, dict,
     cpu = process_cpu_ns(process.pid) - cpu_before
     process.stdin.write("report\n")
     process.stdin.flush()
-    return json.loads(read_line(process, 30)), shares(stacks), cpu
+    truth = json.loads(read_line(process, 30))
+    if service:
+        computing = (truth["parse"] + truth["render"]) or 1
+        truth = {"service": {"parse": truth["parse"], "render": truth["render"], "cpu": computing}}
+        return truth, service_shares(stacks), cpu
+    return truth, shares(stacks), cpu
 
 
-def measure(shape: list[str], seconds: int, backend: str, hz: int) -> None:
+def measure(shape: str, seconds: int, backend: str, hz: int) -> None:
+    script, arguments, service = SHAPES[shape]
     env = dict(os.environ)
     if backend == "python":
         env["PYPROFILER_NATIVE"] = "0"
     process = subprocess.Popen(
-        [sys.executable, str(WORKLOAD), *shape, f"--hz={hz}", f"--max-seconds={3 * seconds + 90}"],
+        [sys.executable, str(TESTS / script), *arguments, f"--hz={hz}",
+         f"--max-seconds={3 * seconds + 90}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
     )
     py_spy = shutil.which("py-spy")
+    load = None
 
     def record_pyprofiler() -> dict:
         with urllib.request.urlopen(f"{url}profile?seconds={seconds}", timeout=seconds + 60) as r:
@@ -142,18 +183,24 @@ def measure(shape: list[str], seconds: int, backend: str, hz: int) -> None:
             return py_spy_stacks(output.name)
 
     try:
-        url = json.loads(read_line(process, 60))["url"]
-        truth, ours, process_cpu = window(process, seconds, record_pyprofiler)
-        spy_truth, theirs, _ = window(process, seconds, record_py_spy) if py_spy else ({}, {}, 0)
+        started = json.loads(read_line(process, 60))
+        url = started["url"]
+        if service:
+            load = subprocess.Popen(
+                [sys.executable, str(LOADGEN), f"--port={started['port']}", "--clients=8",
+                 f"--seconds={2 * seconds + 30}", "--max-requests=10000000"],
+                stdout=subprocess.DEVNULL,
+            )
+            time.sleep(2)
+        truth, ours, process_cpu = window(process, record_pyprofiler, service)
+        spy_truth, theirs, _ = (
+            window(process, record_py_spy, service) if py_spy else ({}, {}, 0)
+        )
     finally:
-        if process.poll() is None:
-            process.stdin.write("quit\n")
-            process.stdin.close()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        for child in (load, process):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(timeout=30)
 
     def split(truth: dict, thread: str) -> tuple[float, float, float]:
         cpu = truth[thread]["cpu"] or 1
@@ -190,7 +237,7 @@ def main() -> None:
         print("py-spy is not installed: pyprofiler's figures only")
     for name in args.shape or SHAPES:
         print(f"\n== {name}, {args.seconds} s at {args.hz} Hz, {args.backend} sampler")
-        measure(SHAPES[name], args.seconds, args.backend, args.hz)
+        measure(name, args.seconds, args.backend, args.hz)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@
  *         the copy means the thread was on a CPU at that instant, and so does waiting for the
  *         CPU that the sampler took from it by waking up: the stack is one observation. At
  *         stop, each thread's observations are scaled to the CPU its clock says it used in the
- *         window, so totals stay exact. A thread that used CPU but was never seen on a CPU
- *         (bursts shorter than the period) keeps the older estimate: its stack at each tick,
- *         weighted by the CPU it used since the previous one.
+ *         window, so totals stay exact. The CPU of a thread never seen on a CPU (one that
+ *         lived or computed for less than a period or two) is reported apart, stackless: its
+ *         stack at the ticks would be wherever it blocks.
  *   wall: its stack, weighted by the wall time since the previous tick. A thread whose clock has
  *         not moved since then has not run, so its previous stack is counted again, uncopied.
  * The GIL is taken only to pin code objects met for the first time (they stay referenced until
@@ -63,15 +63,11 @@
 #define CPUCLOCK_PERTHREAD 4
 #define CPUCLOCK_SCHED 2
 
-/* What a sample stands for: seen on a CPU (CPU profile) or at a tick (wall), or the CPU used
- * since the previous tick by a thread not seen on a CPU. */
-enum { OBSERVED, SINCE_TICK };
-
 typedef struct {
     unsigned long ident; /* threading.get_ident() */
     unsigned long tid;   /* kernel thread id */
     uint64_t serial;     /* the thread state's unique id: idents and tids get reused */
-    int64_t observations; /* CPU: samples in the table that were seen on a CPU */
+    int64_t observations; /* CPU: its samples in the table */
     int64_t cpu_ns;       /* CPU: what its clock says it used in the window */
 } label_t;
 
@@ -80,7 +76,6 @@ typedef struct entry {
     int64_t value;
     int64_t count;
     int32_t label;
-    int kind;
     int depth;        /* OVERFLOW_DEPTH: the thread's samples that no longer fit */
     frame_t frames[]; /* leaf first; code objects pinned until stop() */
 } entry_t;
@@ -102,7 +97,6 @@ typedef struct {
 
 typedef struct {
     int32_t label;
-    int kind;
     int64_t value;
     int depth;
     raw_frame_t frames[MAX_SAMPLED_FRAMES];
@@ -313,35 +307,33 @@ free_tables(SamplerObject *self)
     self->n_entries = self->n_labels = self->n_codes = self->n_pending = 0;
 }
 
-/* The entry for (stack, label, kind), created if need be; the label's overflow entry once the
- * table is full; NULL only if even that cannot be allocated. */
+/* The entry for (stack, label), created if need be; the label's overflow entry once the table
+ * is full; NULL only if even that cannot be allocated. */
 static entry_t *
-find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label, int kind)
+find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label)
 {
-    uint64_t hash = hash_stack(frames, depth < 0 ? 0 : depth, (size_t)label * 2 + (size_t)kind) ^
-                    (uint64_t)(depth < 0);
+    uint64_t hash = hash_stack(frames, depth < 0 ? 0 : depth, (size_t)label) ^ (uint64_t)(depth < 0);
     size_t mask = ENTRY_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = self->slots[i];
         if (index != 0) {
             entry_t *e = self->entries[index - 1];
-            if (e->hash == hash && e->label == label && e->kind == kind &&
+            if (e->hash == hash && e->label == label &&
                 same_frames(e->frames, frames, e->depth, depth)) {
                 return e;
             }
             continue;
         }
         if (depth >= 0 && self->n_entries >= MAX_ENTRIES) {
-            return find_entry(self, NULL, OVERFLOW_DEPTH, label, kind);
+            return find_entry(self, NULL, OVERFLOW_DEPTH, label);
         }
         int stored = depth < 0 ? 0 : depth;
         entry_t *e = calloc(1, sizeof(entry_t) + (size_t)stored * sizeof(frame_t));
         if (e == NULL) {
-            return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label, kind);
+            return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label);
         }
         e->hash = hash;
         e->label = label;
-        e->kind = kind;
         e->depth = depth;
         memcpy(e->frames, frames, (size_t)stored * sizeof(frame_t));
         self->entries[self->n_entries++] = e;
@@ -444,25 +436,23 @@ resolve(SamplerObject *self, const raw_frame_t *raw, int depth)
 /* ---- samples ------------------------------------------------------------------------------ */
 
 static entry_t *
-count_sample(SamplerObject *self, int depth, int32_t label, int kind, int64_t value)
+count_sample(SamplerObject *self, int depth, int32_t label, int64_t value)
 {
-    entry_t *e = find_entry(self, self->stack, depth, label, kind);
+    entry_t *e = find_entry(self, self->stack, depth, label);
     if (e != NULL) {
         e->count++;
         e->value += value;
-        if (kind == OBSERVED) {
-            self->labels[label].observations++;
-        }
+        self->labels[label].observations++;
     }
     return e;
 }
 
 /* The entry the sample went to, or NULL when it waits for a pin (or was lost). */
 static entry_t *
-add_sample(SamplerObject *self, int depth, int32_t label, int kind, int64_t value)
+add_sample(SamplerObject *self, int depth, int32_t label, int64_t value)
 {
     if (resolve(self, self->raw, depth) == 0) {
-        return count_sample(self, depth, label, kind, value);
+        return count_sample(self, depth, label, value);
     }
     if (self->n_pending == MAX_PENDING) {
         self->unpinned++;
@@ -470,7 +460,6 @@ add_sample(SamplerObject *self, int depth, int32_t label, int kind, int64_t valu
     }
     pending_t *p = &self->pending[self->n_pending++];
     p->label = label;
-    p->kind = kind;
     p->value = value;
     p->depth = depth;
     memcpy(p->frames, self->raw, (size_t)depth * sizeof(raw_frame_t));
@@ -483,7 +472,7 @@ add_pending(SamplerObject *self)
     for (uint32_t i = 0; i < self->n_pending; i++) {
         pending_t *p = &self->pending[i];
         if (resolve(self, p->frames, p->depth) == 0) {
-            count_sample(self, p->depth, p->label, p->kind, p->value);
+            count_sample(self, p->depth, p->label, p->value);
         }
         else {
             self->unpinned++;
@@ -563,29 +552,28 @@ read_cpu(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int record)
         keep_thread(&self->seeing, thread);
         return;
     }
+    if (thread_frame(copy) < 0 || copy->frame == 0) { /* No Python code to charge it to. */
+        thread->cpu_ns = before;
+        keep_thread(&self->seeing, thread);
+        return;
+    }
     /* On a CPU now if its clock moves across the copy of its stack, or if it waits for the CPU
-     * that the sampler took from it. A thread that is neither is only copied when its CPU has
-     * no observation to go to. */
+     * that the sampler took from it. */
     int32_t label = thread_label(self, thread, copy);
     int64_t after = thread_cpu_ns(thread->tid);
-    int on_cpu = after > before || preempted_here(thread->tid);
-    int depth = 0;
-    if (on_cpu || self->labels[label].observations == 0) {
-        depth = stack_of(self, thread);
+    if (after > before || preempted_here(thread->tid)) {
+        int depth = stack_of(self, thread);
         int64_t later = thread_cpu_ns(thread->tid);
         after = later > after ? later : after;
+        if (depth > 0) {
+            add_sample(self, depth, label, self->period_ns);
+        }
+        self->dropped += depth < 0; /* Its CPU goes to its other observations. */
     }
     if (after < before) {
         after = before;
     }
     self->labels[label].cpu_ns += after - thread->cpu_ns;
-    if (depth < 0) {
-        self->dropped++; /* Its CPU goes to its other observations. */
-    }
-    else if (depth > 0) {
-        add_sample(self, depth, label, on_cpu ? OBSERVED : SINCE_TICK,
-                   on_cpu ? self->period_ns : after - thread->cpu_ns);
-    }
     thread->cpu_ns = after;
     keep_thread(&self->seeing, thread);
 }
@@ -609,8 +597,7 @@ read_wall(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int64_t el
             int depth = stack_of(self, thread);
             entry_t *entry = NULL;
             if (depth > 0) {
-                entry = add_sample(self, depth, thread_label(self, thread, copy), OBSERVED,
-                                   elapsed);
+                entry = add_sample(self, depth, thread_label(self, thread, copy), elapsed);
             }
             self->dropped += depth < 0;
             thread->sampled = depth == 0 || entry != NULL; /* Not while waiting for a pin. */
@@ -932,28 +919,30 @@ Sampler_start(SamplerObject *self, PyObject *unused)
 }
 
 /* An entry's value in the profile: CPU observations scaled to their thread's clock. */
-static int
-entry_value(const SamplerObject *self, const entry_t *e, int64_t *value)
+static int64_t
+entry_value(const SamplerObject *self, const entry_t *e)
 {
     if (self->wall) {
-        *value = e->value;
-        return 1;
+        return e->value;
     }
     const label_t *label = &self->labels[e->label];
-    if (e->kind == SINCE_TICK) {
-        *value = e->value;
-        return label->observations == 0; /* Otherwise the observations stand for it. */
-    }
-    *value = label->observations > 0
-                 ? (int64_t)((double)e->count * (double)label->cpu_ns / (double)label->observations)
-                 : 0;
-    return 1;
+    return (int64_t)((double)e->count * (double)label->cpu_ns / (double)label->observations);
 }
 
-/* ([(stack, ident, tid, alive, value_ns, count)], own_cpu_ns, error, stats): stack is ((code,
- * line), ...) leaf first, or None for the samples of a thread that no longer fit in the table;
- * alive says whether the thread still ran at the final reading (its ident may since be
- * another's). */
+static PyObject *
+append(PyObject *list, PyObject *item)
+{
+    if (list != NULL && (item == NULL || PyList_Append(list, item) < 0)) {
+        Py_CLEAR(list);
+    }
+    Py_XDECREF(item);
+    return list;
+}
+
+/* ([(stack, ident, tid, alive, value_ns, count)], [(ident, tid, alive, cpu_ns)], own_cpu_ns,
+ * error, stats). stack is ((code, line), ...) leaf first, or None for the samples of a thread
+ * that no longer fit in the table; alive says whether the thread still ran at the final reading
+ * (its ident may since be another's). The second list: CPU of threads never seen on a CPU. */
 static PyObject *
 Sampler_stop(SamplerObject *self, PyObject *unused)
 {
@@ -973,32 +962,34 @@ Sampler_stop(SamplerObject *self, PyObject *unused)
     } /* else a forked child: the pthread stayed in the parent; the table is as it was at fork. */
     char *alive = calloc(MAX_LABELS + 1, 1);
     PyObject *records = alive == NULL ? PyErr_NoMemory() : PyList_New(0);
-    for (size_t i = 0; records != NULL && i < self->seen.count; i++) {
+    PyObject *unseen = records == NULL ? NULL : PyList_New(0);
+    for (size_t i = 0; alive != NULL && i < self->seen.count; i++) {
         if (self->seen.items[i].label >= 0) {
             alive[self->seen.items[i].label] = 1;
         }
     }
     for (uint32_t i = 0; records != NULL && i < self->n_entries; i++) {
         entry_t *e = self->entries[i];
-        int64_t value;
-        if (!entry_value(self, e, &value)) {
-            continue;
-        }
         const label_t *label = &self->labels[e->label];
         PyObject *stack = e->depth < 0 ? Py_NewRef(Py_None) : stack_tuple(e->frames, e->depth);
-        PyObject *record =
-            stack == NULL ? NULL
-                          : Py_BuildValue("(NkkOLL)", stack, label->ident, label->tid,
-                                          alive[e->label] ? Py_True : Py_False, (long long)value,
-                                          (long long)e->count);
-        if (record == NULL || PyList_Append(records, record) < 0) {
-            Py_CLEAR(records);
+        records = append(records, stack == NULL ? NULL
+                                                : Py_BuildValue("(NkkOLL)", stack, label->ident,
+                                                                label->tid,
+                                                                alive[e->label] ? Py_True : Py_False,
+                                                                (long long)entry_value(self, e),
+                                                                (long long)e->count));
+    }
+    for (uint32_t i = 0; !self->wall && unseen != NULL && i <= MAX_LABELS; i++) {
+        const label_t *label = &self->labels[i];
+        if (label->observations == 0 && label->cpu_ns > 0) {
+            unseen = append(unseen, Py_BuildValue("(kkOL)", label->ident, label->tid,
+                                                  alive[i] ? Py_True : Py_False,
+                                                  (long long)label->cpu_ns));
         }
-        Py_XDECREF(record);
     }
     free(alive);
     PyObject *stats =
-        records == NULL
+        records == NULL || unseen == NULL
             ? NULL
             : Py_BuildValue("{s:K,s:K,s:K,s:K,s:L,s:I}", "dropped",
                             (unsigned long long)self->dropped, "unpinned",
@@ -1010,9 +1001,11 @@ Sampler_stop(SamplerObject *self, PyObject *unused)
     PyObject *result = NULL;
     if (stats == NULL) {
         Py_XDECREF(records);
+        Py_XDECREF(unseen);
     }
-    else { /* Takes both references, even when it fails. */
-        result = Py_BuildValue("(NLzN)", records, (long long)self->own_cpu_ns, self->error, stats);
+    else { /* Takes the references, even when it fails. */
+        result = Py_BuildValue("(NNLzN)", records, unseen, (long long)self->own_cpu_ns,
+                               self->error, stats);
     }
     Py_DECREF(self); /* The pthread's reference. */
     return result;
@@ -1023,7 +1016,8 @@ static PyMethodDef Sampler_methods[] = {
      "Take the first reading and start the sampler thread."},
     {"stop", (PyCFunction)Sampler_stop, METH_NOARGS,
      "Take a final reading, stop the thread and return ([(stack, ident, tid, alive, value_ns, "
-     "count)], own_cpu_ns, error, stats)."},
+     "count)], [(ident, tid, alive, cpu_ns) of threads never seen on a CPU], own_cpu_ns, error, "
+     "stats)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -24,10 +24,14 @@ import time
 from pyprofiler import creation, threadclock
 from pyprofiler.frames import FrameNamer
 from pyprofiler.native import native
-from pyprofiler.snapshot import Sample, Snapshot, ValueType
+from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
 from pyprofiler.stack_table import STACK_TABLE_FULL, StackTable
 
 log = logging.getLogger("pyprofiler")
+
+# Where the CPU of a thread goes that used CPU in the window but was never on one at a sampling
+# instant (it lived or computed for less than a period or two): not to the line it blocks at.
+NOT_SEEN_ON_A_CPU = Frame("[pyprofiler: thread not seen on a CPU]", "<pyprofiler>", 0, 0)
 
 # Idents of all running sampler threads: samplers never profile themselves or each other.
 _sampler_idents: set[int] = set()
@@ -108,21 +112,28 @@ class StackSampler:
     def _stop_native(self) -> list[Sample]:
         assert self._native is not None
         _running_native.discard(self._native)
-        records, self.own_cpu_ns, self.error, self.stats = self._native.stop()
+        records, unseen, self.own_cpu_ns, self.error, self.stats = self._native.stop()
         # Threads are named as threading names them at stop. One that has exited since its
         # samples (its ident may now be another thread's) is named by its kernel id, as threads
         # that threading does not know are.
         threads = threading._active  # type: ignore[attr-defined]
+
+        def thread_name(ident: int, tid: int, alive: bool) -> str:
+            thread = threads.get(ident) if alive else None
+            if thread is not None:
+                return thread.name
+            return f"thread-{tid}" if tid else "[pyprofiler: thread table full]"
+
         namer = FrameNamer()
         samples = []
         for stack, ident, tid, alive, value, count in records:
-            thread = threads.get(ident) if alive else None
-            if thread is not None:
-                name = thread.name
-            else:
-                name = f"thread-{tid}" if tid else "[pyprofiler: thread table full]"
             frames = namer.stack(stack) if stack is not None else (STACK_TABLE_FULL,)
-            samples.append(Sample(frames, (count, value), (("thread", name),)))
+            samples.append(
+                Sample(frames, (count, value), (("thread", thread_name(ident, tid, alive)),))
+            )
+        for ident, tid, alive, cpu_ns in unseen:
+            labels = (("thread", thread_name(ident, tid, alive)),)
+            samples.append(Sample((NOT_SEEN_ON_A_CPU,), (0, cpu_ns), labels))
         return samples
 
     def _run(self) -> None:

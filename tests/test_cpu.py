@@ -14,7 +14,7 @@ import pytest
 from conftest import go_pprof, raw_samples, spin, threads_running, top_table, wait_until
 
 import pyprofiler
-from pyprofiler import cpu, proto, stack_table
+from pyprofiler import cpu, proto, stack_sampler, stack_table
 
 
 class Spinner:
@@ -107,8 +107,11 @@ def test_every_sample_has_thread_label(busy_profile):
     assert samples
     assert all("thread" in labels for _, labels in samples)
     assert {"spinner", "other"} <= {labels["thread"] for _, labels in samples}
-    # CPU-weighted samples: every value positive, count column at least 1.
-    assert all(count >= 1 and cpu_ns > 0 for (count, cpu_ns), _ in samples)
+    # CPU-weighted samples: every value positive, count column at least 1, but for the CPU of
+    # a thread never seen on a CPU: no sample, its CPU under a frame of its own.
+    assert all(cpu_ns > 0 for (_, cpu_ns), _ in samples)
+    for sample in proto.decode(busy_profile.read_bytes()).samples:
+        assert sample.values[0] >= 1 or sample.frames == (stack_sampler.NOT_SEEN_ON_A_CPU,)
 
 
 def test_thread_label_matches_the_thread_running_the_function(busy_profile):

@@ -119,3 +119,64 @@ def test_total_cpu_matches_process_cpu(measured):
     profiled_ns = sum(values[1] for values, _ in raw_samples(go_pprof(["-raw"], path)))
     assert process_ns > 0
     assert abs(profiled_ns - process_ns) <= 0.10 * process_ns, (profiled_ns, process_ns)
+
+
+SERVICE = Path(__file__).with_name("service_workload.py")
+LOADGEN = Path(__file__).parent.parent / "benchmarks" / "loadgen.py"
+
+
+@pytest.fixture(scope="module", params=["flask", "asyncio"])
+def service(request, tmp_path_factory):
+    """A 20 s profile of a service under load from another process whose handler parses,
+    waits on a database socket and renders: (path, what the handlers timed, the app)."""
+    process = subprocess.Popen(
+        [sys.executable, str(SERVICE), f"--app={request.param}", f"--hz={HZ}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    load = None
+    try:
+        started = json.loads(read_line(process, 60))
+        load = subprocess.Popen(
+            [sys.executable, str(LOADGEN), f"--port={started['port']}", "--clients=8",
+             f"--seconds={SECONDS + 5}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        read_ready = requests.get(f"{started['url']}cmdline", timeout=10)  # load warms up
+        assert read_ready.status_code == 200
+        process.stdin.write("mark\n")
+        process.stdin.flush()
+        response = requests.get(f"{started['url']}profile?seconds={SECONDS}", timeout=SECONDS + 60)
+        process.stdin.write("report\n")
+        process.stdin.flush()
+        truth = json.loads(read_line(process, 30))
+        assert response.status_code == 200, response.text
+        assert truth["requests"] > 100, truth
+        path = tmp_path_factory.mktemp(request.param) / "profile.pb.gz"
+        path.write_bytes(response.content)
+        yield path, truth, request.param
+    finally:
+        for child in (load, process):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+
+
+def function_table(path) -> dict[str, tuple[float, float]]:
+    """-top by function, the names shortened to their last part (nested functions are named
+    without their enclosing function on 3.9 and 3.10)."""
+    table = top_table(go_pprof(["-top"], path))
+    return {name.rsplit(".", 1)[-1]: values for name, values in table.items()}
+
+
+@pytest.mark.slow
+def test_service_handler_is_charged_where_it_computes(service):
+    path, truth, app = service
+    table = function_table(path)
+    parse, render = table["parse"][0], table["render"][0]
+    expected = 100 * truth["parse"] / (truth["parse"] + truth["render"])
+    assert abs(100 * parse / (parse + render) - expected) <= 3, (app, parse, render, expected)
+    handler = table["work" if app == "flask" else "handle"][1]
+    assert table.get("wait_db", (0.0, 0.0))[1] < 0.03 * handler, (app, table)
