@@ -29,10 +29,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
-#include <sched.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,11 +45,11 @@
 #include "_native_stackread.h"
 
 /* As stack_table.py: at most this many (stack, thread) entries; then one overflow entry per
- * thread and kind. Threads beyond MAX_LABELS share the label at index MAX_LABELS. */
+ * thread. Threads beyond MAX_LABELS share the label at index MAX_LABELS. */
 #define MAX_ENTRIES 10000
 #define MAX_LABELS 10000
-#define ENTRY_CAPACITY (MAX_ENTRIES + 2 * (MAX_LABELS + 1))
-#define ENTRY_SLOTS 65536 /* power of two, over twice ENTRY_CAPACITY: short probe runs */
+#define ENTRY_CAPACITY (MAX_ENTRIES + MAX_LABELS + 1)
+#define ENTRY_SLOTS 65536 /* power of two, over 3 x ENTRY_CAPACITY: short probe runs */
 #define OVERFLOW_DEPTH (-1)
 
 #define MAX_CODES 32768   /* pinned code objects */
@@ -87,7 +87,7 @@ typedef struct {
     int64_t cpu_ns;    /* its CPU clock at the previous reading; 0 before any, -1 unknown */
     int32_t label;     /* -1 until the thread's first sample */
     int sampled;       /* wall: its stack was taken at that clock reading, and went to `last` */
-    entry_t *last;     /* (NULL: it ran no Python code) */
+    entry_t *last;     /* (NULL: it ran no Python code then) */
 } thread_t;
 
 typedef struct {
@@ -149,7 +149,7 @@ typedef struct {
     char *batch_copied;
     /* What the profile says of itself. */
     uint64_t dropped;       /* samples whose stack changed as it was read */
-    uint64_t unpinned;      /* samples lost for want of room to pin their code */
+    uint64_t unpinned;      /* samples whose code objects could not be pinned (gone, no room) */
     uint64_t torn_readings; /* walks of the thread list that met a change */
     uint64_t gil_takes;
     int64_t max_gil_hold_ns;

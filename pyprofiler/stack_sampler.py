@@ -107,7 +107,18 @@ class StackSampler:
             time_nanos=self._start_wall_ns,
             duration_nanos=duration,
             samples=samples,
+            comments=self._comments(),
         )
+
+    def _comments(self) -> tuple[str, ...]:
+        """What the native sampler left out, for `go tool pprof -comments`."""
+        dropped, unpinned = self.stats.get("dropped", 0), self.stats.get("unpinned", 0)
+        comments = []
+        if dropped:
+            comments.append(f"pyprofiler: {dropped} samples dropped: stacks changing as copied")
+        if unpinned:
+            comments.append(f"pyprofiler: {unpinned} samples dropped: code objects not pinned")
+        return tuple(comments)
 
     def _stop_native(self) -> list[Sample]:
         assert self._native is not None

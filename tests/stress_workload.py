@@ -158,7 +158,7 @@ def wrong_pairs(stack: tuple) -> list[tuple[str, str]]:
 
 def run_profiles(seconds: float, window: float) -> dict:
     summary = {"profiles": 0, "samples": 0, "wrong": [], "dropped": 0, "unpinned": 0,
-               "torn_readings": 0, "max_gil_hold_ns": 0}
+               "torn_readings": 0, "max_gil_hold_ns": 0, "drops_not_in_comments": 0}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         samplers = [CpuSampler(1000), WallSampler(1000)]
@@ -175,6 +175,9 @@ def run_profiles(seconds: float, window: float) -> dict:
                         summary["wrong"].append(pair)
             for key in ("dropped", "unpinned", "torn_readings"):
                 summary[key] += sampler.stats.get(key, 0)
+            dropped = sampler.stats.get("dropped", 0)
+            if dropped and not any(f" {dropped} samples dropped" in c for c in snapshot.comments):
+                summary["drops_not_in_comments"] += 1
             summary["max_gil_hold_ns"] = max(
                 summary["max_gil_hold_ns"], sampler.stats.get("max_gil_hold_ns", 0)
             )
