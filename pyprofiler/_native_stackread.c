@@ -10,7 +10,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <pthread.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -363,7 +362,8 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
             return -1;
         }
         _PyInterpreterFrame frame;
-        int in_region = address >= start && address + FRAME_HEADER <= end &&
+        /* (Compared so that a garbage address cannot wrap around.) */
+        int in_region = address >= start && address < end && end - address >= FRAME_HEADER &&
                         (callee == 0 || callee_adjacent);
         if (in_region) {
             memcpy(&frame, region + (address - start), FRAME_HEADER);

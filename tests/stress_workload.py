@@ -1,6 +1,6 @@
 """Stress for the native sampler, run as a script: CPU and wall profiles at 1 kHz, back to back,
 while threads start and exit, recurse to 5 000 frames and back, raise through deep stacks, run
-generators, coroutines and freshly exec'd code.
+generators, coroutines and freshly exec'd code, and a server starts a thread per connection.
 
     python tests/stress_workload.py --seconds 600 [--window 5]
 
@@ -16,6 +16,8 @@ import argparse
 import asyncio
 import itertools
 import json
+import socket
+import socketserver
 import sys
 import threading
 import time
@@ -43,11 +45,13 @@ CALLS = {
     "coroutine_chain": {"coroutine_chain", "compute"},
     "executing": {"<exec>"},
     "<exec>": {"compute"},
+    "serving": set(),
+    "handle": {"compute"},
     "compute": set(),
 }
 # What threading and asyncio run at the bottom of a thread's stack: no caller of ours.
 ROOTS = {"main", "spawner", "recurser", "raiser", "generating", "event_loop", "executing",
-         "handler", "coroutine_chain", "short_life"}
+         "handler", "coroutine_chain", "short_life", "serving", "handle"}
 
 
 def compute(n: int = 200) -> int:
@@ -138,6 +142,26 @@ def executing(stop: threading.Event) -> None:
         exec(compile(source, f"<exec {serial}>", "exec"), {"compute": compute})
 
 
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            compute(300)
+            self.wfile.write(line)
+
+
+def serving(stop: threading.Event) -> None:
+    """A server with a thread per connection, and clients connecting again and again."""
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        while not stop.is_set():
+            with socket.create_connection(server.server_address, timeout=10) as connection:
+                for _ in range(5):
+                    connection.sendall(b"ping\n")
+                    connection.recv(16)
+        server.shutdown()
+
+
 def wrong_pairs(stack: tuple) -> list[tuple[str, str]]:
     """Caller -> callee pairs of this module's frames that CALLS does not allow."""
     ours = []
@@ -193,7 +217,7 @@ def main() -> None:
     if sys.version_info < (3, 12):
         threading.stack_size(64 << 20)  # 5 000 Python frames use the C stack before 3.11
     stop = threading.Event()
-    workers = [spawner, recurser, raiser, generating, event_loop, executing]
+    workers = [spawner, recurser, raiser, generating, event_loop, executing, serving]
     threads = [threading.Thread(target=w, args=(stop,), name=w.__name__) for w in workers]
     for thread in threads:
         thread.start()
