@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -106,6 +107,24 @@ def raw_locations(output: str) -> dict[int, str]:
         if section == "Locations" and match:
             locations[int(match[1])] = match[2]
     return locations
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """A line of a workload subprocess's output, failing the test if none comes in time."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"workload printed nothing within {timeout} s"
+    line = process.stdout.readline()
+    assert line, f"workload exited early: {process.wait(timeout=5)}"
+    return line.strip()
+
+
+def process_cpu_ns(pid: int) -> int:
+    """utime + stime of the whole process from /proc, in nanoseconds."""
+    with open(f"/proc/{pid}/stat") as file:
+        # Fields after the parenthesised command name, which may itself contain spaces.
+        fields = file.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # stat fields 14 and 15
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool:

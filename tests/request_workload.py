@@ -226,26 +226,41 @@ def main() -> None:
     pyprofiler.set_cpu_profile_rate(args.hz)
     workers = Workers(kinds, args.copies, args.idle)
     server = pyprofiler.serve(port=0, max_seconds=120)
-    # A watchdog: never outlive a parent that stopped talking.
-    timeout = threading.Timer(args.max_seconds, os._exit, args=(3,))
-    timeout.daemon = True
-    timeout.start()
     idents = {name: thread.ident for name, thread in workers.threads.items()}
-    print(json.dumps({"url": server.url, "threads": idents}), flush=True)
-    base = workers.snapshot()
+    try:
+        obey(json.dumps({"url": server.url, "threads": idents}), workers.snapshot, args.max_seconds)
+    finally:
+        workers.stop()
+        server.stop()
+
+
+def obey(announcement: str, snapshot, max_seconds: float) -> None:
+    """Print `announcement`, then obey stdin: "mark" starts a window, "report" prints what
+    snapshot() counted since (the difference of two {name: number} or {name: {name: number}}
+    dicts), "quit" or EOF returns. A watchdog ends the process after `max_seconds` so that it
+    never outlives a parent that stopped talking."""
+    watchdog = threading.Timer(max_seconds, os._exit, args=(3,))
+    watchdog.daemon = True
+    watchdog.start()
+
+    def since(now, base):
+        return {
+            k: since(v, base[k]) if isinstance(v, dict) else v - base[k] for k, v in now.items()
+        }
+
+    print(announcement, flush=True)
+    base = snapshot()
     try:
         for line in sys.stdin:
             command = line.strip()
             if command == "mark":
-                base = workers.snapshot()
+                base = snapshot()
             elif command == "report":
-                print(json.dumps(workers.since(base)), flush=True)
+                print(json.dumps(since(snapshot(), base)), flush=True)
             elif command == "quit":
                 break
     finally:
-        timeout.cancel()
-        workers.stop()
-        server.stop()
+        watchdog.cancel()
 
 
 if __name__ == "__main__":

@@ -19,14 +19,12 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import queue
 import socket
-import sys
 import threading
 import time
 
-from request_workload import PARSE_NS, RENDER_NS, WAIT_SECONDS, calibrate, parse, render
+from request_workload import PARSE_NS, RENDER_NS, WAIT_SECONDS, calibrate, obey, parse, render
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 import pyprofiler
@@ -178,24 +176,9 @@ def main() -> None:
     service = flask_service if args.app == "flask" else asyncio_service
     port = service(timing, db_port)
     profiler = pyprofiler.serve(port=0, max_seconds=120)
-    # A watchdog: never outlive a parent that stopped talking.
-    watchdog = threading.Timer(args.max_seconds, os._exit, args=(3,))
-    watchdog.daemon = True
-    watchdog.start()
-    print(json.dumps({"url": profiler.url, "port": port}), flush=True)
-    base = timing.snapshot()
     try:
-        for line in sys.stdin:
-            command = line.strip()
-            if command == "mark":
-                base = timing.snapshot()
-            elif command == "report":
-                now = timing.snapshot()
-                print(json.dumps({k: now[k] - base[k] for k in now}), flush=True)
-            elif command == "quit":
-                break
+        obey(json.dumps({"url": profiler.url, "port": port}), timing.snapshot, args.max_seconds)
     finally:
-        watchdog.cancel()
         stop.set()
         profiler.stop()
 

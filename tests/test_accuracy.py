@@ -5,15 +5,13 @@ process actually used?"""
 from __future__ import annotations
 
 import json
-import os
-import select
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, raw_samples, top_table
+from conftest import go_pprof, process_cpu_ns, raw_samples, read_line, top_table
 
 from pyprofiler import proto
 
@@ -22,23 +20,6 @@ SECONDS = 20
 HOT_A = "__main__.hot_a"
 HOT_B = "__main__.hot_b"
 SIDE = "__main__.side_task"
-
-
-def read_line(process: subprocess.Popen, timeout: float) -> str:
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    assert ready, f"workload printed nothing within {timeout} s"
-    line = process.stdout.readline()
-    assert line, f"workload exited early: {process.wait(timeout=5)}"
-    return line.strip()
-
-
-def process_cpu_ns(pid: int) -> int:
-    """utime + stime of the whole process from /proc, in nanoseconds."""
-    with open(f"/proc/{pid}/stat") as file:
-        # Fields after the parenthesised command name, which may itself contain spaces.
-        fields = file.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # stat fields 14 and 15
-    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")

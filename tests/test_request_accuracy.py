@@ -11,15 +11,13 @@ noise (benchmarks/request_shapes.py prints the 100 Hz figures)."""
 from __future__ import annotations
 
 import json
-import os
-import select
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, raw_samples, top_table
+from conftest import go_pprof, process_cpu_ns, raw_samples, read_line, top_table
 
 WORKLOAD = Path(__file__).with_name("request_workload.py")
 SECONDS = 20
@@ -29,20 +27,6 @@ SHAPES = {
     "one-per-wait": ["--copies", "1"],
     "two-per-wait-100-idle": ["--copies", "2", "--idle", "100"],
 }
-
-
-def read_line(process: subprocess.Popen, timeout: float) -> str:
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    assert ready, f"workload printed nothing within {timeout} s"
-    line = process.stdout.readline()
-    assert line, f"workload exited early: {process.wait(timeout=5)}"
-    return line.strip()
-
-
-def process_cpu_ns(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
@@ -139,8 +123,13 @@ def service(request, tmp_path_factory):
     try:
         started = json.loads(read_line(process, 60))
         load = subprocess.Popen(
-            [sys.executable, str(LOADGEN), f"--port={started['port']}", "--clients=8",
-             f"--seconds={SECONDS + 5}"],
+            [
+                sys.executable,
+                str(LOADGEN),
+                f"--port={started['port']}",
+                "--clients=8",
+                f"--seconds={SECONDS + 5}",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
