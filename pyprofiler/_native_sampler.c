@@ -312,7 +312,8 @@ free_tables(SamplerObject *self)
 static entry_t *
 find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label)
 {
-    uint64_t hash = hash_stack(frames, depth < 0 ? 0 : depth, (size_t)label) ^ (uint64_t)(depth < 0);
+    int stored = depth < 0 ? 0 : depth;
+    uint64_t hash = hash_stack(frames, stored, (size_t)label) ^ (uint64_t)(depth < 0);
     size_t mask = ENTRY_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = self->slots[i];
@@ -327,7 +328,6 @@ find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label)
         if (depth >= 0 && self->n_entries >= MAX_ENTRIES) {
             return find_entry(self, NULL, OVERFLOW_DEPTH, label);
         }
-        int stored = depth < 0 ? 0 : depth;
         entry_t *e = calloc(1, sizeof(entry_t) + (size_t)stored * sizeof(frame_t));
         if (e == NULL) {
             return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label);
@@ -972,10 +972,10 @@ Sampler_stop(SamplerObject *self, PyObject *unused)
         entry_t *e = self->entries[i];
         const label_t *label = &self->labels[e->label];
         PyObject *stack = e->depth < 0 ? Py_NewRef(Py_None) : stack_tuple(e->frames, e->depth);
+        PyObject *thread_alive = alive[e->label] ? Py_True : Py_False;
         records = append(records, stack == NULL ? NULL
                                                 : Py_BuildValue("(NkkOLL)", stack, label->ident,
-                                                                label->tid,
-                                                                alive[e->label] ? Py_True : Py_False,
+                                                                label->tid, thread_alive,
                                                                 (long long)entry_value(self, e),
                                                                 (long long)e->count));
     }

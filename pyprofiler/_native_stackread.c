@@ -296,7 +296,8 @@ safe_read2(uintptr_t first, void *out_first, size_t first_size, uintptr_t second
  *   - 3.11+: the top of the data stack is copied in one read, after the pointer to the thread's
  *     current frame; two frames the thread pushed itself are then adjacent there, a callee
  *     starting where its caller's frame ends, which a frame left over in a slot that was since
- *     reused for another does not do (the copy is not atomic: lower pages are copied first);
+ *     reused for another does not do (the copy is not atomic: it is made a page at a time,
+ *     lower pages first), and a frame still being set up has no callee;
  *   - a stack that seems to start with a generator was read as it yielded. */
 
 #if PY_VERSION_HEX >= 0x030B0000
@@ -356,15 +357,19 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
     int depth = 0;
     const code_info_t *bottom = NULL;
     uintptr_t callee = 0, callee_code = 0;
-    int callee_adjacent = 0; /* the callee came from the data stack copy, pushed by its thread */
+    int callee_pushed = 0; /* the callee was pushed by the thread: its caller ends where it began */
     for (int steps = 0; address != 0; steps++) {
         if (steps == MAX_WALK_STEPS) {
             return -1;
         }
         _PyInterpreterFrame frame;
-        /* (Compared so that a garbage address cannot wrap around.) */
+        /* A frame that straddles two pages of the copy is read on its own: the copy is made a
+         * page at a time, so its two halves may be from before and after a change. (Compared
+         * so that a garbage address cannot wrap around.) */
         int in_region = address >= start && address < end && end - address >= FRAME_HEADER &&
-                        (callee == 0 || callee_adjacent);
+                        (address & ~(uintptr_t)4095) ==
+                            ((address + FRAME_HEADER - 1) & ~(uintptr_t)4095) &&
+                        (callee == 0 || callee_pushed);
         if (in_region) {
             memcpy(&frame, region + (address - start), FRAME_HEADER);
         }
@@ -392,7 +397,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         if (frame.owner == FRAME_OWNED_BY_CSTACK) { /* the C call's entry frame: no code */
             callee = here;
             callee_code = FRAME_CODE(frame);
-            callee_adjacent = 0;
+            callee_pushed = 0;
             continue;
         }
 #  endif
@@ -400,7 +405,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         if (code == NULL) {
             return -1;
         }
-        if (in_region && callee_adjacent && frame.owner == FRAME_OWNED_BY_THREAD &&
+        if (in_region && callee_pushed && frame.owner == FRAME_OWNED_BY_THREAD &&
             callee != here + (uintptr_t)code->frame_bytes) {
             return -1;
         }
@@ -413,10 +418,13 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         }
         callee = here;
         callee_code = FRAME_CODE(frame);
-        callee_adjacent = in_region && frame.owner == FRAME_OWNED_BY_THREAD;
+        callee_pushed = frame.owner == FRAME_OWNED_BY_THREAD;
         int32_t offset = (int32_t)((intptr_t)instr - (intptr_t)code->first_instr);
         if (frame.owner != FRAME_OWNED_BY_GENERATOR && offset < code->first_traceable) {
-            continue; /* Still being set up: not yet running its own code. */
+            if (depth > 0) {
+                return -1; /* A frame still being set up has called nothing yet. */
+            }
+            continue; /* Not yet running its own code. */
         }
         if (depth == max) {
             *truncated = 1;
