@@ -164,7 +164,10 @@ def worker(kind: str, state, per_ms: int, stop: threading.Event, counters: Count
         counters.parse += middle - start
         counters.render += end - middle
         waited = wall()
-        wait(state)
+        try:
+            wait(state)
+        except OSError:  # Its helper is gone: the workers are stopping.
+            return
         counters.wait_wall += wall() - waited
         counters.cpu = clock() - began
         counters.wall = wall() - began_wall

@@ -167,5 +167,11 @@ def test_service_handler_is_charged_where_it_computes(service):
     parse, render = table["parse"][0], table["render"][0]
     expected = 100 * truth["parse"] / (truth["parse"] + truth["render"])
     assert abs(100 * parse / (parse + render) - expected) <= 3, (app, parse, render, expected)
+    # The database round trip costs some CPU of its own in a Flask thread (sending, and taking
+    # the GIL back from the other request threads once the answer came); the handler timed it.
+    # An await costs its handler nothing.
     handler = table["work" if app == "flask" else "handle"][1]
-    assert table.get("wait_db", (0.0, 0.0))[1] < 0.03 * handler, (app, table)
+    computing = truth["parse"] + truth["render"]
+    timed_wait = 100 * truth["wait"] / (computing + truth["wait"])
+    wait = 100 * table.get("wait_db", (0.0, 0.0))[1] / handler
+    assert wait < timed_wait + 3, (app, wait, timed_wait, table)

@@ -76,8 +76,9 @@ def test_cpu_is_charged_where_the_thread_computes(profiled, kind):
     timed = truth[thread]
     for function in ("parse", "render"):
         expected = 100 * timed[function] / timed["cpu"]
-        # About 1 000 observations per thread: a share's noise is ~1.4 points.
-        assert abs(got[function] - expected) <= 5, (function, got, expected)
+        # About 1 000 observations per thread: a share's noise is ~1.4 points. (The sampler
+        # that reads stacks with the GIL is 18 or more points off here.)
+        assert abs(got[function] - expected) <= 6, (function, got, expected)
     assert got["wait"] < 3, got
 
 
