@@ -294,10 +294,11 @@ safe_read2(uintptr_t first, void *out_first, size_t first_size, uintptr_t second
  *     it (its callee), read again after it; the callee must still be linked to it, so the two
  *     were caller and callee at once (a caller outlives its callee);
  *   - 3.11+: the top of the data stack is copied in one read, after the pointer to the thread's
- *     current frame; two frames the thread pushed itself are then adjacent there, a callee
- *     starting where its caller's frame ends, which a frame left over in a slot that was since
- *     reused for another does not do (the copy is not atomic: it is made a page at a time,
- *     lower pages first), and a frame still being set up has no callee;
+ *     current frame. That copy is made a page at a time, lower pages first, so a frame is used
+ *     from it only where it lies in one page with its callee; two frames the thread pushed
+ *     itself are then adjacent, a callee starting where its caller's frame ends, which a frame
+ *     left over in a slot since reused for another does not do; and a frame still being set up
+ *     has no callee;
  *   - a stack that seems to start with a generator was read as it yielded. */
 
 #if PY_VERSION_HEX >= 0x030B0000
@@ -363,13 +364,14 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
             return -1;
         }
         _PyInterpreterFrame frame;
-        /* A frame that straddles two pages of the copy is read on its own: the copy is made a
-         * page at a time, so its two halves may be from before and after a change. (Compared
-         * so that a garbage address cannot wrap around.) */
+        /* The copy is made a page at a time, so that two pages of it may be from before and
+         * after a change: a frame is taken from it only if it lies in one page, and in its
+         * callee's. Others are read on their own. (Compared so that a garbage address cannot
+         * wrap around.) */
+        uintptr_t page = address & ~(uintptr_t)4095;
         int in_region = address >= start && address < end && end - address >= FRAME_HEADER &&
-                        (address & ~(uintptr_t)4095) ==
-                            ((address + FRAME_HEADER - 1) & ~(uintptr_t)4095) &&
-                        (callee == 0 || callee_pushed);
+                        page == ((address + FRAME_HEADER - 1) & ~(uintptr_t)4095) &&
+                        (callee == 0 || (callee_pushed && page == (callee & ~(uintptr_t)4095)));
         if (in_region) {
             memcpy(&frame, region + (address - start), FRAME_HEADER);
         }
