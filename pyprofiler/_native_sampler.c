@@ -205,14 +205,10 @@ preempted_here(unsigned long tid)
     return p != NULL && atoi(p + 1) == sched_getcpu();
 }
 
-/* Shorter time slices than other threads' (Linux 6.12+, unprivileged), so that waking up on a
- * busy CPU preempts its thread at once instead of waiting for the end of that thread's slice:
- * a wait that is short at the start of a thread's burst of work and long later would move the
- * instants away from the start. No timer slack either: the kernel would otherwise wake this
- * thread together with timers expiring within 50 us of its own, such as the end of another
- * thread's sleep, and the instants would lock onto the start of what follows it. */
+/* This thread's time slice, in ns (0: the default). Linux 6.12+ takes it from unprivileged
+ * threads; older kernels refuse it and keep their default. */
 static void
-wake_on_time(void)
+set_slice(uint64_t ns)
 {
     struct {
         uint32_t size, policy;
@@ -220,8 +216,22 @@ wake_on_time(void)
         int32_t nice;
         uint32_t priority;
         uint64_t runtime, deadline, period;
-    } attr = {sizeof attr, SCHED_OTHER, 0, 0, 0, 100000 /* ns: the shortest slice */, 0, 0};
-    syscall(SYS_sched_setattr, 0, &attr, 0); /* Older kernels refuse it: their default, then. */
+    } attr = {sizeof attr, SCHED_OTHER, 0, 0, 0, ns, 0, 0};
+    syscall(SYS_sched_setattr, 0, &attr, 0);
+}
+
+#define SHORTEST_SLICE_NS 100000
+
+/* Shorter time slices than other threads', so that waking up on a busy CPU preempts its thread
+ * at once instead of waiting for the end of that thread's slice: a wait that is short at the
+ * start of a thread's burst of work and long later would move the instants away from the
+ * start. No timer slack either: the kernel would otherwise wake this thread together with
+ * timers expiring within 50 us of its own, such as the end of another thread's sleep, and the
+ * instants would lock onto the start of what follows it. */
+static void
+wake_on_time(void)
+{
+    set_slice(SHORTEST_SLICE_NS);
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 }
 
@@ -774,12 +784,16 @@ tick(SamplerObject *self)
             self->n_candidates = 0;
         }
         else {
+            /* The default slice while the GIL is held: the end of a short one would let other
+             * threads take this CPU from the sampler, and the application wait for the GIL. */
+            set_slice(0);
             PyEval_RestoreThread(self->tstate);
             int64_t start = clock_ns(CLOCK_MONOTONIC);
             pin_candidates(self);
             find_tids(self, 0);
             int64_t held = clock_ns(CLOCK_MONOTONIC) - start;
             PyEval_SaveThread();
+            set_slice(SHORTEST_SLICE_NS);
             self->gil_takes++;
             if (held > self->max_gil_hold_ns) {
                 self->max_gil_hold_ns = held;

@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #if PY_VERSION_HEX < 0x030B0000
@@ -30,6 +31,17 @@
 
 /* A walk longer than this has met a cycle in memory that changed as it was read. */
 #define MAX_WALK_STEPS 4096
+/* Reading a thread's state and the top of its stack takes this long at most, but when the
+ * sampler thread is descheduled in between. */
+#define MAX_COPY_NS 50000
+
+static int64_t
+monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
 
 static pid_t self_pid;
 
@@ -339,6 +351,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
            unsigned char *region, raw_frame_t *out, int max, int *truncated)
 {
     PyThreadState ts;
+    int64_t began = monotonic_ns();
     if (safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
         return -1;
     }
@@ -353,6 +366,11 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         start = end = 0; /* The chunk went away: every frame is read on its own. */
     }
     if (end == start && safe_read(top, &address, sizeof address) < 0) {
+        return -1;
+    }
+    /* A few microseconds unless this thread lost its CPU meanwhile: then the state, the pointer
+     * to the current frame and the copy may be from far apart, too far to tell. */
+    if (monotonic_ns() - began > MAX_COPY_NS) {
         return -1;
     }
     int depth = 0;
@@ -448,6 +466,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
            unsigned char *region, raw_frame_t *out, int max, int *truncated)
 {
     PyThreadState ts;
+    int64_t began = monotonic_ns();
     if (safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
         return -1;
     }
@@ -460,7 +479,10 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
             return -1;
         }
         if (callee == 0) {
-            if (safe_read(address, &frame, offsetof(PyFrameObject, f_localsplus)) < 0) {
+            /* As on 3.11+, the state and its current frame are read close together or not at
+             * all. */
+            if (safe_read(address, &frame, offsetof(PyFrameObject, f_localsplus)) < 0 ||
+                monotonic_ns() - began > MAX_COPY_NS) {
                 return -1;
             }
         }
