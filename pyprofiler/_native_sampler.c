@@ -58,6 +58,7 @@
 #define MAX_PENDING 64     /* samples waiting for their code objects to be pinned */
 #define LINE_SLOTS 4096    /* power of two: (code, offset) -> line */
 #define MAX_LISTED 1000000 /* thread states in one walk: more means the list changed under it */
+#define PUT_ON_CPU_SLACK_NS 50000
 
 /* Linux's encoding of a thread's CPU clock from its kernel tid (MAKE_THREAD_CPUCLOCK). */
 #define CPUCLOCK_PERTHREAD 4
@@ -124,6 +125,8 @@ typedef struct {
     PyThreadState *tstate; /* the pthread's own */
     int64_t last_reading_ns;
     int64_t own_cpu_ns;
+    int64_t cpu_at_sleep_ns; /* its own clock as it last went to sleep */
+    int64_t put_on_cpu_ns;   /* sampler_put_on_cpu() this tick; 0: not read yet */
     uint64_t random;
     const char *error;
     thread_list_t seen, seeing; /* threads at the previous reading, and at this one */
@@ -178,23 +181,75 @@ thread_cpu_ns(unsigned long tid)
     return clock_ns((clockid_t)((~(unsigned int)tid << 3) | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED));
 }
 
-/* Whether the thread waits for the CPU this thread runs on ('R' in /proc, last on this CPU):
- * it had that CPU until the sampler woke up and took it, so at this instant it was running. */
-static int
-preempted_here(unsigned long tid)
+/* Reads a /proc file whole into `text` (NUL-terminated); its length, or -1. */
+static ssize_t
+read_proc(const char *path, char *text, size_t size)
 {
-    char path[64], text[512];
-    snprintf(path, sizeof path, "/proc/self/task/%lu/stat", tid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        return 0;
+        return -1;
     }
-    ssize_t n = read(fd, text, sizeof text - 1);
+    ssize_t n = read(fd, text, size - 1);
     close(fd);
     if (n <= 0) {
-        return 0;
+        return -1;
     }
     text[n] = 0;
+    return n;
+}
+
+/* A field of /proc/.../sched ("se.exec_start   :   3439375.217526", ms to the ns) in ns, or -1.
+ * That file exists where the kernel has CONFIG_SCHED_DEBUG, as distributions' kernels do. */
+static int64_t
+sched_field_ns(const char *text, const char *name)
+{
+    const char *p = strstr(text, name);
+    if (p == NULL || (p = strchr(p, ':')) == NULL) {
+        return -1;
+    }
+    char *end;
+    long long ms = strtoll(p + 1, &end, 10);
+    if (*end != '.') {
+        return -1;
+    }
+    long long ns = strtoll(end + 1, NULL, 10);
+    return (int64_t)(ms * 1000000 + ns);
+}
+
+/* When the sampler thread was last put on its CPU, in its runqueue's task clock (the clock of
+ * se.exec_start): -1 where the kernel does not say. While it runs, its se.exec_start minus its
+ * se.sum_exec_runtime stays the same; putting it on a CPU moved its exec_start to that instant
+ * and left its runtime at what its clock read as it went to sleep. */
+static int64_t
+sampler_put_on_cpu(SamplerObject *self)
+{
+    char text[4096];
+    if (read_proc("/proc/thread-self/sched", text, sizeof text) < 0) {
+        return -1;
+    }
+    int64_t start = sched_field_ns(text, "se.exec_start");
+    int64_t runtime = sched_field_ns(text, "se.sum_exec_runtime");
+    if (start < 0 || runtime < 0) {
+        return -1;
+    }
+    return start - (runtime - self->cpu_at_sleep_ns);
+}
+
+/* Whether the thread, off its CPU, was on it at this instant: it waits for the CPU this thread
+ * runs on ('R' in /proc, last on this CPU) because the sampler took that CPU from it by waking
+ * up. A thread waiting there for another reason (woken meanwhile, or preempted earlier by
+ * another thread) was not on a CPU: counting it would charge the CPU of a busy machine to where
+ * threads wake up, their blocking calls. The preempted one stopped running at the very instant
+ * (in the runqueue's clock) at which the sampler was put on the CPU; where the kernel does not
+ * say when, any thread waiting there counts. */
+static int
+preempted_by_sampler(SamplerObject *self, unsigned long tid)
+{
+    char path[64], text[4096];
+    snprintf(path, sizeof path, "/proc/self/task/%lu/stat", tid);
+    if (read_proc(path, text, 512) < 0) {
+        return 0;
+    }
     const char *p = strrchr(text, ')'); /* after the command name, which may hold anything */
     if (p == NULL || strncmp(p, ") R ", 4) != 0) {
         return 0;
@@ -202,7 +257,21 @@ preempted_here(unsigned long tid)
     for (int field = 2; field < 39 && p != NULL; field++) { /* field 39: the last CPU */
         p = strchr(p + 1, ' ');
     }
-    return p != NULL && atoi(p + 1) == sched_getcpu();
+    if (p == NULL || atoi(p + 1) != sched_getcpu()) {
+        return 0;
+    }
+    if (self->put_on_cpu_ns == 0) { /* Once a tick, when first needed. */
+        self->put_on_cpu_ns = sampler_put_on_cpu(self);
+    }
+    snprintf(path, sizeof path, "/proc/self/task/%lu/sched", tid);
+    int64_t stopped = read_proc(path, text, sizeof text) < 0 ? -1
+                                                             : sched_field_ns(text, "se.exec_start");
+    if (self->put_on_cpu_ns < 0 || stopped < 0) {
+        return 1;
+    }
+    /* The estimate is early by the little CPU the sampler used after reading its clock. */
+    int64_t late = stopped - self->put_on_cpu_ns;
+    return late >= -PUT_ON_CPU_SLACK_NS && late <= PUT_ON_CPU_SLACK_NS;
 }
 
 /* This thread's time slice, in ns (0: the default). Linux 6.12+ takes it from unprivileged
@@ -571,7 +640,7 @@ read_cpu(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int record)
      * that the sampler took from it. */
     int32_t label = thread_label(self, thread, copy);
     int64_t after = thread_cpu_ns(thread->tid);
-    if (after > before || preempted_here(thread->tid)) {
+    if (after > before || preempted_by_sampler(self, thread->tid)) {
         int depth = stack_of(self, thread);
         int64_t later = thread_cpu_ns(thread->tid);
         after = later > after ? later : after;
@@ -778,6 +847,7 @@ find_tids(SamplerObject *self, int baseline)
 static void
 tick(SamplerObject *self)
 {
+    self->put_on_cpu_ns = 0;
     read_threads(self, 1);
     if (self->n_candidates > 0 || self->need_tids) {
         if (finalizing()) { /* Taking the GIL now would end this thread on the spot. */
@@ -829,6 +899,7 @@ run(void *arg)
     while (self->tstate != NULL) {
         struct timespec deadline = {(time_t)(next / 1000000000), (long)(next % 1000000000)};
         pthread_mutex_lock(&self->mutex);
+        self->cpu_at_sleep_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
         while (!self->stopping &&
                pthread_cond_timedwait(&self->wake, &self->mutex, &deadline) != ETIMEDOUT) {
         }
