@@ -6,6 +6,7 @@ ever see Snapshots, never sampler state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -47,21 +48,50 @@ class Snapshot:
     def subtract(self, base: Snapshot) -> Snapshot:
         """What changed since `base`, as pprof's merge of self and base scaled by -1: values
         of identical samples subtracted, all-zero samples dropped."""
-        totals: dict = {}
-        for sign, snapshot in ((1, self), (-1, base)):
-            for s in snapshot.samples:
-                key = (s.frames, s.labels, s.num_labels)
-                values = totals.get(key) or [0] * len(s.values)
-                totals[key] = [v + sign * w for v, w in zip(values, s.values)]
-        samples = [
-            Sample(frames, tuple(values), labels, num_labels)
-            for (frames, labels, num_labels), values in totals.items()
-            if any(values)
-        ]
-        release_gradually(totals)
+        samples = _summed(((1, self), (-1, base)))
         return replace(self, samples=samples, duration_nanos=self.time_nanos - base.time_nanos)
+
+    def with_labels(self, labels: tuple[tuple[str, str], ...]) -> Snapshot:
+        """The same profile with `labels` added to every sample (e.g. the process's pid)."""
+        samples = [s._replace(labels=labels + s.labels) for s in self.samples]
+        return replace(self, samples=samples)
 
     def total(self, sample_type: str) -> int:
         """Sum of one value column over all samples."""
         index = [t.type for t in self.sample_types].index(sample_type)
         return sum(s.values[index] for s in self.samples)
+
+
+def merge(snapshots: list[Snapshot]) -> Snapshot:
+    """One profile of several of the same type, as pprof's merge: values of identical samples
+    added. Consecutive windows of one process add up to the window that spans them; profiles of
+    several processes (with a label telling them apart) add up to the service."""
+    if not snapshots:
+        raise ValueError("nothing to merge")
+    first = min(snapshots, key=lambda s: s.time_nanos)
+    end = max(s.time_nanos + s.duration_nanos for s in snapshots)
+    comments: dict[str, None] = {}
+    for snapshot in snapshots:
+        comments.update(dict.fromkeys(snapshot.comments))
+    return replace(
+        first,
+        samples=_summed((1, s) for s in snapshots),
+        duration_nanos=end - first.time_nanos,
+        comments=tuple(comments),
+    )
+
+
+def _summed(signed: Iterable[tuple[int, Snapshot]]) -> list[Sample]:
+    totals: dict = {}
+    for sign, snapshot in signed:
+        for s in snapshot.samples:
+            key = (s.frames, s.labels, s.num_labels)
+            values = totals.get(key) or [0] * len(s.values)
+            totals[key] = [v + sign * w for v, w in zip(values, s.values)]
+    samples = [
+        Sample(frames, tuple(values), labels, num_labels)
+        for (frames, labels, num_labels), values in totals.items()
+        if any(values)
+    ]
+    release_gradually(totals)
+    return samples
