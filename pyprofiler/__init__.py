@@ -12,6 +12,7 @@ from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError, Pyprof
 from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_heap_profile
 from pyprofiler.http import blueprint
 from pyprofiler.locks import set_block_profile_rate, set_mutex_profile_fraction
+from pyprofiler.periodic import start_periodic, stop_periodic
 from pyprofiler.registry import Profile, lookup, profiles
 from pyprofiler.server import Server, create_app, serve
 
@@ -33,6 +34,8 @@ __all__ = [
     "set_mem_profile_rate",
     "set_mutex_profile_fraction",
     "start_cpu_profile",
+    "start_periodic",
     "stop_cpu_profile",
+    "stop_periodic",
     "write_heap_profile",
 ]

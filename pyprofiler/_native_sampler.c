@@ -120,7 +120,11 @@ typedef struct {
     pthread_t thread;
     pthread_mutex_t mutex;
     pthread_cond_t wake;
-    int stopping; /* under mutex */
+    pthread_cond_t cut_done;
+    int stopping;      /* under mutex */
+    int cut_requested; /* under mutex: cut() waits for a reading to end the window at */
+    int exited;        /* under mutex: the pthread has returned, or is about to */
+    int64_t expires_ns; /* under mutex: CLOCK_MONOTONIC instant to end on its own at, or 0 */
     PyInterpreterState *interp;
     PyThreadState *tstate; /* the pthread's own */
     int64_t last_reading_ns;
@@ -883,6 +887,8 @@ next_instant(SamplerObject *self, int64_t after)
     return after + (int64_t)((0.5 + u) * (double)self->period_ns);
 }
 
+static void start_window(SamplerObject *self);
+
 static void *
 run(void *arg)
 {
@@ -896,16 +902,37 @@ run(void *arg)
         }
     }
     int64_t next = next_instant(self, self->last_reading_ns);
+    int expired = 0;
     while (self->tstate != NULL) {
-        struct timespec deadline = {(time_t)(next / 1000000000), (long)(next % 1000000000)};
         pthread_mutex_lock(&self->mutex);
+        int64_t wake_at = self->expires_ns != 0 && self->expires_ns < next ? self->expires_ns
+                                                                             : next;
+        struct timespec deadline = {(time_t)(wake_at / 1000000000),
+                                    (long)(wake_at % 1000000000)};
         self->cpu_at_sleep_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-        while (!self->stopping &&
+        while (!self->stopping && !self->cut_requested &&
                pthread_cond_timedwait(&self->wake, &self->mutex, &deadline) != ETIMEDOUT) {
         }
-        int last = self->stopping;
+        int last = self->stopping, cut = self->cut_requested;
+        expired = !last && !cut && self->expires_ns != 0 &&
+                  clock_ns(CLOCK_MONOTONIC) >= self->expires_ns;
+        self->exited = expired; /* From here on cut() finds no window to take. */
         pthread_mutex_unlock(&self->mutex);
+        if (expired) {
+            break;
+        }
+        if (wake_at != next) {
+            continue; /* Woke for an expiry that was put off meanwhile. */
+        }
         tick(self);
+        if (cut) {
+            /* cut() takes the window while it holds the mutex, so no tick runs meanwhile. */
+            pthread_mutex_lock(&self->mutex);
+            self->cut_requested = 0;
+            pthread_cond_signal(&self->cut_done);
+            pthread_mutex_unlock(&self->mutex);
+            continue; /* The next instant stays where it was drawn. */
+        }
         if (last) {
             break;
         }
@@ -917,10 +944,17 @@ run(void *arg)
     }
     if (self->tstate != NULL && !finalizing()) {
         PyEval_RestoreThread(self->tstate);
+        if (expired) { /* Nobody will take what it recorded: its memory and pins go now. */
+            start_window(self);
+        }
         PyThreadState_Clear(self->tstate);
         PyThreadState_DeleteCurrent();
     } /* While the interpreter finalizes, the state is left behind with the rest of it. */
     self->own_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    pthread_mutex_lock(&self->mutex);
+    self->exited = 1;
+    pthread_cond_signal(&self->cut_done);
+    pthread_mutex_unlock(&self->mutex);
     return NULL;
 }
 
@@ -950,6 +984,7 @@ Sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&self->wake, &attr);
     pthread_condattr_destroy(&attr);
+    pthread_cond_init(&self->cut_done, NULL);
     pthread_mutex_init(&self->mutex, NULL);
     self->pid = getpid();
     return (PyObject *)self;
@@ -961,6 +996,7 @@ Sampler_dealloc(SamplerObject *self)
     /* Never RUNNING here: the pthread holds a reference until stop() joins it. */
     if (self->pid == getpid()) { /* A child's copies may be held by a thread it does not have. */
         pthread_cond_destroy(&self->wake);
+        pthread_cond_destroy(&self->cut_done);
         pthread_mutex_destroy(&self->mutex);
     }
     free_tables(self);
@@ -990,7 +1026,8 @@ Sampler_start(SamplerObject *self, PyObject *unused)
     read_threads(self, 0);
     find_tids(self, 1);
     self->pid = getpid();
-    self->stopping = 0;
+    self->stopping = self->cut_requested = self->exited = 0;
+    self->expires_ns = 0;
     Py_INCREF(self); /* The pthread's, released by stop(). */
     int rc = pthread_create(&self->thread, NULL, run, self);
     if (rc != 0) {
@@ -1024,27 +1061,13 @@ append(PyObject *list, PyObject *item)
     return list;
 }
 
-/* ([(stack, ident, tid, alive, value_ns, count)], [(ident, tid, alive, cpu_ns)], own_cpu_ns,
- * error, stats). stack is ((code, line), ...) leaf first, or None for the samples of a thread
- * that no longer fit in the table; alive says whether the thread still ran at the final reading
+/* The window's samples: ([(stack, ident, tid, alive, value_ns, count)], [(ident, tid, alive,
+ * cpu_ns)], stats). stack is ((code, line), ...) leaf first, or None for the samples of a thread
+ * that no longer fit in the table; alive says whether the thread still ran at the last reading
  * (its ident may since be another's). The second list: CPU of threads never seen on a CPU. */
 static PyObject *
-Sampler_stop(SamplerObject *self, PyObject *unused)
+window_result(SamplerObject *self)
 {
-    if (self->state != RUNNING) {
-        PyErr_SetString(PyExc_RuntimeError, "the StackSampler is not running");
-        return NULL;
-    }
-    self->state = STOPPED;
-    if (self->pid == getpid()) {
-        pthread_mutex_lock(&self->mutex);
-        self->stopping = 1;
-        pthread_cond_signal(&self->wake);
-        pthread_mutex_unlock(&self->mutex);
-        Py_BEGIN_ALLOW_THREADS
-        pthread_join(self->thread, NULL);
-        Py_END_ALLOW_THREADS
-    } /* else a forked child: the pthread stayed in the parent; the table is as it was at fork. */
     char *alive = calloc(MAX_LABELS + 1, 1);
     PyObject *records = alive == NULL ? PyErr_NoMemory() : PyList_New(0);
     PyObject *unseen = records == NULL ? NULL : PyList_New(0);
@@ -1082,15 +1105,140 @@ Sampler_stop(SamplerObject *self, PyObject *unused)
                             (unsigned long long)self->torn_readings, "gil_takes",
                             (unsigned long long)self->gil_takes, "max_gil_hold_ns",
                             (long long)self->max_gil_hold_ns, "code_objects", self->n_codes);
-    free_tables(self);
-    PyObject *result = NULL;
     if (stats == NULL) {
         Py_XDECREF(records);
         Py_XDECREF(unseen);
+        return NULL;
     }
-    else { /* Takes the references, even when it fails. */
-        result = Py_BuildValue("(NNLzN)", records, unseen, (long long)self->own_cpu_ns,
-                               self->error, stats);
+    return Py_BuildValue("(NNN)", records, unseen, stats); /* Takes the references. */
+}
+
+/* With the GIL, the pthread kept out by the mutex: empties the table for the next window. The
+ * threads' clocks stay as read, so the next window starts where this one ends. Labels of
+ * threads that have exited are recycled, and code objects unpinned (pinned again when next
+ * met), so that a sampler that runs for days stays within its bounds. */
+static void
+start_window(SamplerObject *self)
+{
+    for (uint32_t i = 0; i < self->n_entries; i++) {
+        free(self->entries[i]);
+    }
+    self->n_entries = 0;
+    memset(self->slots, 0, ENTRY_SLOTS * sizeof(uint32_t));
+    label_t *kept = calloc(MAX_LABELS + 1, sizeof(label_t));
+    uint32_t n_kept = 0;
+    for (size_t i = 0; i < self->seen.count; i++) {
+        thread_t *thread = &self->seen.items[i];
+        thread->last = NULL;
+        thread->sampled = 0;
+        if (thread->label >= 0 && thread->label < MAX_LABELS && kept != NULL) {
+            kept[n_kept] = self->labels[thread->label];
+            kept[n_kept].observations = kept[n_kept].cpu_ns = 0;
+            thread->label = (int32_t)n_kept++;
+        }
+        else {
+            thread->label = -1;
+        }
+    }
+    if (kept != NULL) {
+        free(self->labels);
+        self->labels = kept;
+        self->n_labels = n_kept;
+    }
+    else { /* Keeps the old labels, emptied. */
+        for (uint32_t i = 0; i <= MAX_LABELS; i++) {
+            self->labels[i].observations = self->labels[i].cpu_ns = 0;
+        }
+    }
+    for (uint32_t i = 0; i < self->n_codes; i++) {
+        Py_DECREF(self->codes[i].pinned);
+    }
+    self->n_codes = 0;
+    memset(self->code_slots, 0, CODE_SLOTS * sizeof(uint32_t));
+    memset(self->lines, 0, LINE_SLOTS * sizeof(line_slot_t));
+    self->dropped = self->unpinned = 0;
+}
+
+/* The window since start() or the previous cut(), as stop() returns it but for own_cpu_ns
+ * and error; sampling goes on without a gap, and any expiry is called off. None once the
+ * sampler has ended on its own (expire_after). */
+static PyObject *
+Sampler_cut(SamplerObject *self, PyObject *unused)
+{
+    if (self->state != RUNNING || self->pid != getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, "the StackSampler is not running");
+        return NULL;
+    }
+    int expired;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mutex);
+    self->expires_ns = 0;
+    expired = self->exited;
+    if (!expired) {
+        self->cut_requested = 1;
+        pthread_cond_signal(&self->wake);
+        while (self->cut_requested && !self->exited) {
+            pthread_cond_wait(&self->cut_done, &self->mutex);
+        }
+        self->cut_requested = 0;
+    }
+    Py_END_ALLOW_THREADS /* The GIL, with the mutex held: the pthread waits for it, GIL-less. */
+    PyObject *result = expired ? Py_NewRef(Py_None) : window_result(self);
+    if (result != NULL && !expired) {
+        start_window(self);
+    }
+    pthread_mutex_unlock(&self->mutex);
+    return result;
+}
+
+/* The sampler ends on its own `seconds` from now, discarding what it recorded since the last
+ * cut, unless cut() or stop() comes first. */
+static PyObject *
+Sampler_expire_after(SamplerObject *self, PyObject *arg)
+{
+    double seconds = PyFloat_AsDouble(arg);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->state != RUNNING || self->pid != getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, "the StackSampler is not running");
+        return NULL;
+    }
+    int64_t at = clock_ns(CLOCK_MONOTONIC) + (int64_t)(seconds * 1e9);
+    pthread_mutex_lock(&self->mutex);
+    self->expires_ns = at > 0 ? at : 1;
+    pthread_cond_signal(&self->wake);
+    pthread_mutex_unlock(&self->mutex);
+    Py_RETURN_NONE;
+}
+
+/* (records, unseen, own_cpu_ns, error, stats): the window since start() or the previous cut(),
+ * as window_result() describes it, once the final reading is taken and the thread stopped. */
+static PyObject *
+Sampler_stop(SamplerObject *self, PyObject *unused)
+{
+    if (self->state != RUNNING) {
+        PyErr_SetString(PyExc_RuntimeError, "the StackSampler is not running");
+        return NULL;
+    }
+    self->state = STOPPED;
+    if (self->pid == getpid()) {
+        pthread_mutex_lock(&self->mutex);
+        self->stopping = 1;
+        pthread_cond_signal(&self->wake);
+        pthread_mutex_unlock(&self->mutex);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(self->thread, NULL);
+        Py_END_ALLOW_THREADS
+    } /* else a forked child: the pthread stayed in the parent; the table is as it was at fork. */
+    PyObject *window = window_result(self);
+    free_tables(self);
+    PyObject *result = NULL;
+    if (window != NULL) {
+        result = Py_BuildValue("(OOLzO)", PyTuple_GET_ITEM(window, 0),
+                               PyTuple_GET_ITEM(window, 1), (long long)self->own_cpu_ns,
+                               self->error, PyTuple_GET_ITEM(window, 2));
+        Py_DECREF(window);
     }
     Py_DECREF(self); /* The pthread's reference. */
     return result;
@@ -1099,6 +1247,12 @@ Sampler_stop(SamplerObject *self, PyObject *unused)
 static PyMethodDef Sampler_methods[] = {
     {"start", (PyCFunction)Sampler_start, METH_NOARGS,
      "Take the first reading and start the sampler thread."},
+    {"cut", (PyCFunction)Sampler_cut, METH_NOARGS,
+     "Take a reading, return the window since start() or the previous cut() as (records, "
+     "unseen, stats), and go on sampling into a new window that starts there."},
+    {"expire_after", (PyCFunction)Sampler_expire_after, METH_O,
+     "End on its own after `seconds`, discarding what was recorded since the last cut(), "
+     "unless cut() or stop() comes first."},
     {"stop", (PyCFunction)Sampler_stop, METH_NOARGS,
      "Take a final reading, stop the thread and return ([(stack, ident, tid, alive, value_ns, "
      "count)], [(ident, tid, alive, cpu_ns) of threads never seen on a CPU], own_cpu_ns, error, "

@@ -58,7 +58,9 @@ atexit.register(_stop_native_samplers)
 
 
 class StackSampler:
-    """One profiling session: start(), then stop() returns the Snapshot."""
+    """One profiling session: start(), then stop() returns the Snapshot; cut() in between
+    returns the window so far and goes on sampling, so that consecutive windows neither miss
+    nor count twice anything between them."""
 
     value_type: ValueType
     wall: bool  # Weighted by wall time rather than CPU.
@@ -74,6 +76,9 @@ class StackSampler:
         # The Python thread's state:
         self.table = StackTable()
         self._stopping = threading.Event()
+        self._expiry_lock = threading.Lock()
+        self._expires_at: float | None = None
+        self._expired = False
         self._thread: threading.Thread | None = None
         self._start_wall_ns = 0
         self._start_ns = 0
@@ -93,22 +98,57 @@ class StackSampler:
 
     def stop(self) -> Snapshot:
         if self._native is not None:
-            samples = self._stop_native()
+            _running_native.discard(self._native)
+            records, unseen, self.own_cpu_ns, self.error, self.stats = self._native.stop()
+            samples = self._native_samples(records, unseen)
         else:
             self._stopping.set()
             if self._thread is not None:
                 self._thread.join()
             samples = self.table.samples()
-        duration = time.monotonic_ns() - self._start_ns
-        return Snapshot(
+        return self._window(samples, time.time_ns(), time.monotonic_ns())
+
+    def cut(self) -> Snapshot | None:
+        """The window since start() or the previous cut(); sampling goes on into the next, and
+        any expiry is called off. None once the sampler has ended on its own."""
+        end_wall_ns, end_ns = time.time_ns(), time.monotonic_ns()
+        if self._native is not None:
+            window = self._native.cut()
+            if window is None:
+                return None
+            records, unseen, self.stats = window
+            samples = self._native_samples(records, unseen)
+        else:
+            with self._expiry_lock:
+                self._expires_at = None
+                if self._expired:
+                    return None
+            # Ticks land in one table or the other, whole samples each.
+            table, self.table = self.table, StackTable()
+            samples = table.samples()
+        return self._window(samples, end_wall_ns, end_ns)
+
+    def expire_after(self, seconds: float) -> None:
+        """End on its own `seconds` from now, discarding what was recorded since the last
+        cut(), unless cut() or stop() comes first; stop() must still be called."""
+        if self._native is not None:
+            self._native.expire_after(seconds)
+            return
+        with self._expiry_lock:
+            self._expires_at = time.monotonic() + seconds
+
+    def _window(self, samples: list[Sample], end_wall_ns: int, end_ns: int) -> Snapshot:
+        snapshot = Snapshot(
             sample_types=(ValueType("samples", "count"), self.value_type),
             period_type=self.value_type,
             period=1_000_000_000 // self.hz,
             time_nanos=self._start_wall_ns,
-            duration_nanos=duration,
+            duration_nanos=end_ns - self._start_ns,
             samples=samples,
             comments=self._comments(),
         )
+        self._start_wall_ns, self._start_ns = end_wall_ns, end_ns
+        return snapshot
 
     def _comments(self) -> tuple[str, ...]:
         """What the native sampler left out, for `go tool pprof -comments`."""
@@ -120,10 +160,7 @@ class StackSampler:
             comments.append(f"pyprofiler: {unpinned} samples dropped: code objects not pinned")
         return tuple(comments)
 
-    def _stop_native(self) -> list[Sample]:
-        assert self._native is not None
-        _running_native.discard(self._native)
-        records, unseen, self.own_cpu_ns, self.error, self.stats = self._native.stop()
+    def _native_samples(self, records: list, unseen: list) -> list[Sample]:
         # Threads are named as threading names them at stop. One that has exited since its
         # samples (its ident may now be another thread's) is named by its kernel id, as threads
         # that threading does not know are.
@@ -165,6 +202,13 @@ class StackSampler:
                     # profile too (ticks can be far apart when many threads want the GIL).
                     self._tick(sys._current_frames())
                     break
+                if self._expires_at is not None:
+                    with self._expiry_lock:
+                        expires_at = self._expires_at
+                        self._expired = expires_at is not None and time.monotonic() >= expires_at
+                    if self._expired:
+                        self.table = StackTable()
+                        break
                 self._tick(sys._current_frames())
                 next_tick += interval
                 now = time.monotonic()

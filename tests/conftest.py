@@ -159,9 +159,7 @@ def _stop_leftover_profiles():
     yield
     # A failing test (or a pyprofiler bug) can leave a sampler running; without this every
     # later test would only report "cpu profiling already in use".
-    for kind, sampler in list(cpu._running.items()):
-        cpu._stop(kind, sampler)
-    cpu._cpu_output = None
+    cpu.stop_all()
 
 
 def spin(stop: threading.Event, limit: float = 30.0) -> None:

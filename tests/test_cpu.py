@@ -280,7 +280,7 @@ def test_wall_profile_is_busy_while_running():
     thread = threading.Thread(target=lambda: result.update(s=wall.snapshot(seconds=1)))
     thread.start()
     try:
-        assert wait_until(lambda: "wall" in cpu._running, timeout=5)
+        assert wait_until(lambda: cpu.busy("wall"), timeout=5)
         with pytest.raises(pyprofiler.ProfilerBusyError, match="wall profiling already in use"):
             wall.snapshot(seconds=1)
         pyprofiler.start_cpu_profile(io.BytesIO())

@@ -101,7 +101,7 @@ def test_error_responses(server, path, status, body):
 def test_no_profile_runs_after_a_rejected_request(server):
     # A 400 must be answered before profiling starts, leaving the CPU slot free.
     assert get(server, "profile?seconds=abc").status_code == 400
-    assert "cpu" not in cpu._running
+    assert not cpu.busy("cpu")
 
 
 @pytest.mark.parametrize("path", ["profile", "wall", "cmdline", ""])
@@ -196,7 +196,7 @@ def test_concurrent_profile_is_500(server):
     thread = threading.Thread(target=lambda: first.update(r=get(server, "profile?seconds=2")))
     thread.start()
     try:
-        assert wait_until(lambda: "cpu" in cpu._running, timeout=10)
+        assert wait_until(lambda: cpu.busy("cpu"), timeout=10)
         second = get(server, "profile?seconds=1")
     finally:
         thread.join(timeout=TIMEOUT)

@@ -19,7 +19,7 @@ import pytest
 from conftest import run_in_child, spin, threads_running, wait_until
 from test_cpu import _asleep_in_wait
 
-from pyprofiler import stack_sampler
+from pyprofiler import stack_sampler, threadclock
 from pyprofiler.native import native
 from pyprofiler.stack_sampler import CpuSampler, WallSampler
 
@@ -222,3 +222,64 @@ def test_python_sampler_passes_the_same_tests():
         cwd=TESTS,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+
+class ClockedSpinner:
+    """Spins until stopped, and can tell its own CPU clock from another thread."""
+
+    def __init__(self) -> None:
+        self.tid = 0
+
+    def spin(self, stop: threading.Event) -> None:
+        self.tid = threading.get_native_id()
+        spin(stop)
+
+    def cpu_ns(self) -> int:
+        cpu = threadclock.thread_cpu_ns(self.tid)
+        assert cpu is not None
+        return cpu
+
+
+@pytest.mark.parametrize("sampler_class", [CpuSampler, WallSampler])
+def test_consecutive_cuts_add_up_to_the_thread_clock(sampler_class):
+    spinner = ClockedSpinner()
+    with threads_running(("spinner", spinner.spin)):
+        assert wait_until(lambda: spinner.tid != 0)
+        sampler = sampler_class(200)
+        before = spinner.cpu_ns()
+        sampler.start()
+        windows = []
+        for _ in range(6):
+            time.sleep(0.15)
+            windows.append(sampler.cut())
+        windows.append(sampler.stop())
+        after = spinner.cpu_ns()
+    assert sampler.error is None
+    for earlier, later in zip(windows, windows[1:]):
+        end = earlier.time_nanos + earlier.duration_nanos
+        assert abs(later.time_nanos - end) < 1_000_000  # Wall clock: no gap, no overlap.
+    spinner_total = sum(
+        s.values[1] for w in windows for s in w.samples if dict(s.labels)["thread"] == "spinner"
+    )
+    if sampler_class is CpuSampler:
+        # Per-thread totals are the thread's clock, window by window.
+        assert abs(spinner_total - (after - before)) <= 0.03 * (after - before)
+    else:
+        elapsed = sum(w.duration_nanos for w in windows)
+        assert 0.8 * elapsed < spinner_total < 1.2 * elapsed
+    assert all("conftest.spin" in functions(w, "spinner") for w in windows[:-1])
+
+
+def test_an_expired_sampler_ends_and_a_cut_calls_expiry_off():
+    with threads_running(("spinner", spin)):
+        sampler = CpuSampler(200)
+        sampler.start()
+        sampler.expire_after(0.3)
+        time.sleep(0.1)
+        assert sampler.cut() is not None  # In time: it goes on.
+        time.sleep(0.4)
+        assert "conftest.spin" in functions(sampler.cut())
+        sampler.expire_after(0.05)
+        time.sleep(0.5)  # A cut() would call the expiry off: one only, after it.
+        assert sampler.cut() is None
+        assert sampler.stop().samples == []  # What it recorded since the last cut is gone.
