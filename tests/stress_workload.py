@@ -4,6 +4,8 @@ generators, coroutines and freshly exec'd code, and a server starts a thread per
 
     python tests/stress_workload.py --seconds 600 [--window 5]
 
+Each sampler runs for a window, cut into consecutive profiles (StackSampler.cut) as it goes.
+
 Every function here calls only the functions the CALLS table says it calls, so a sampled stack
 that holds any other caller -> callee pair is a wrong frame: a stack read as it changed and not
 caught. Prints one JSON line at the end: profiles taken, samples, the wrong pairs seen (at most
@@ -26,6 +28,7 @@ from pyprofiler.stack_sampler import CpuSampler, WallSampler
 from pyprofiler.stack_table import MAX_DEPTH
 
 RECURSION = 5000
+CUTS = 3  # windows cut from each sampler before it stops (StackSampler.cut)
 MODULE = __name__
 
 # caller -> the functions of this module it calls (directly, or through threading or asyncio).
@@ -180,7 +183,23 @@ def wrong_pairs(stack: tuple) -> list[tuple[str, str]]:
     return wrong
 
 
+def record(summary: dict, snapshot, stats: dict) -> None:
+    summary["profiles"] += 1
+    summary["samples"] += sum(s.values[0] for s in snapshot.samples)
+    for sample in snapshot.samples:
+        for pair in wrong_pairs(sample.frames):
+            if len(summary["wrong"]) < 20:
+                summary["wrong"].append(pair)
+    for key in ("dropped", "unpinned"):  # Counted per window.
+        summary[key] += stats.get(key, 0)
+    dropped = stats.get("dropped", 0)
+    if dropped and not any(f" {dropped} samples dropped" in c for c in snapshot.comments):
+        summary["drops_not_in_comments"] += 1
+    summary["max_gil_hold_ns"] = max(summary["max_gil_hold_ns"], stats.get("max_gil_hold_ns", 0))
+
+
 def run_profiles(seconds: float, window: float) -> dict:
+    """CPU and wall samplers for `window` seconds each, cut into CUTS + 1 windows."""
     summary = {"profiles": 0, "samples": 0, "wrong": [], "dropped": 0, "unpinned": 0,
                "torn_readings": 0, "max_gil_hold_ns": 0, "drops_not_in_comments": 0}
     deadline = time.monotonic() + seconds
@@ -188,23 +207,15 @@ def run_profiles(seconds: float, window: float) -> dict:
         samplers = [CpuSampler(1000), WallSampler(1000)]
         for sampler in samplers:
             sampler.start()
-        time.sleep(min(window, max(0.1, deadline - time.monotonic())))
+        part = min(window, max(0.1, deadline - time.monotonic())) / (CUTS + 1)
+        for _ in range(CUTS):
+            time.sleep(part)
+            for sampler in samplers:
+                record(summary, sampler.cut(), sampler.stats)
+        time.sleep(part)
         for sampler in samplers:
-            snapshot = sampler.stop()
-            summary["profiles"] += 1
-            summary["samples"] += sum(s.values[0] for s in snapshot.samples)
-            for sample in snapshot.samples:
-                for pair in wrong_pairs(sample.frames):
-                    if len(summary["wrong"]) < 20:
-                        summary["wrong"].append(pair)
-            for key in ("dropped", "unpinned", "torn_readings"):
-                summary[key] += sampler.stats.get(key, 0)
-            dropped = sampler.stats.get("dropped", 0)
-            if dropped and not any(f" {dropped} samples dropped" in c for c in snapshot.comments):
-                summary["drops_not_in_comments"] += 1
-            summary["max_gil_hold_ns"] = max(
-                summary["max_gil_hold_ns"], sampler.stats.get("max_gil_hold_ns", 0)
-            )
+            record(summary, sampler.stop(), sampler.stats)
+            summary["torn_readings"] += sampler.stats.get("torn_readings", 0)
     return summary
 
 
