@@ -1113,13 +1113,49 @@ window_result(SamplerObject *self)
     return Py_BuildValue("(NNN)", records, unseen, stats); /* Takes the references. */
 }
 
+/* With the GIL: code objects that none of the window's samples met are released (pinned again
+ * if met later); the others stay pinned, so a steady program's are not pinned anew each window. */
+static void
+keep_codes_in_entries(SamplerObject *self)
+{
+    char *used = calloc(self->n_codes + 1, 1);
+    for (uint32_t i = 0; used != NULL && i < self->n_entries; i++) {
+        const entry_t *e = self->entries[i];
+        for (int d = 0; d < e->depth; d++) {
+            const code_info_t *code = pinned_code(self, (uintptr_t)e->frames[d].code);
+            if (code != NULL) {
+                used[code - self->codes] = 1;
+            }
+        }
+    }
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < self->n_codes; i++) {
+        if (used != NULL && used[i]) {
+            self->codes[kept++] = self->codes[i];
+        }
+        else {
+            Py_DECREF(self->codes[i].pinned);
+        }
+    }
+    free(used);
+    memset(self->code_slots, 0, CODE_SLOTS * sizeof(uint32_t));
+    self->n_codes = 0;
+    for (uint32_t i = 0; i < kept; i++) {
+        code_info_t code = self->codes[i];
+        add_pinned(self, &code); /* Back at index i. */
+    }
+    /* A released code object's address may be another's when next met. */
+    memset(self->lines, 0, LINE_SLOTS * sizeof(line_slot_t));
+}
+
 /* With the GIL, the pthread kept out by the mutex: empties the table for the next window. The
  * threads' clocks stay as read, so the next window starts where this one ends. Labels of
- * threads that have exited are recycled, and code objects unpinned (pinned again when next
- * met), so that a sampler that runs for days stays within its bounds. */
+ * threads that have exited are recycled, and code objects no longer met are released, so that
+ * a sampler that runs for days stays within its bounds. */
 static void
 start_window(SamplerObject *self)
 {
+    keep_codes_in_entries(self);
     for (uint32_t i = 0; i < self->n_entries; i++) {
         free(self->entries[i]);
     }
@@ -1150,12 +1186,6 @@ start_window(SamplerObject *self)
             self->labels[i].observations = self->labels[i].cpu_ns = 0;
         }
     }
-    for (uint32_t i = 0; i < self->n_codes; i++) {
-        Py_DECREF(self->codes[i].pinned);
-    }
-    self->n_codes = 0;
-    memset(self->code_slots, 0, CODE_SLOTS * sizeof(uint32_t));
-    memset(self->lines, 0, LINE_SLOTS * sizeof(line_slot_t));
     self->dropped = self->unpinned = 0;
 }
 
