@@ -441,7 +441,9 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         callee_pushed = frame.owner == FRAME_OWNED_BY_THREAD;
         int32_t offset = (int32_t)((intptr_t)instr - (intptr_t)code->first_instr);
         if (frame.owner != FRAME_OWNED_BY_GENERATOR && offset < code->first_traceable) {
-            if (depth > 0) {
+            /* A shim with no code of its own past its start (3.13 calls a specialized
+             * __init__ through one) is no frame of the program's. */
+            if (depth > 0 && code->first_traceable < code->size) {
                 return -1; /* A frame still being set up has called nothing yet. */
             }
             continue; /* Not yet running its own code. */

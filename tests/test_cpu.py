@@ -365,3 +365,29 @@ def test_spin_helper_is_named_in_profile(tmp_path):
     with threads_running(("plain", spin)):
         cpu_profile(path, seconds=0.5)
     assert "conftest.spin" in top_table(go_pprof(["-top"], path))
+
+
+class Computes:
+    """A class whose __init__ computes for as long as it is told to."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            spin(stop)
+
+
+def construct_after_warming_up(stop: threading.Event) -> None:
+    # A call site run often enough: 3.13 then calls __init__ through a shim frame of its own.
+    for warm in range(100, -1, -1):
+        Computes(None if warm else stop)
+
+
+def test_computing_inside_a_warm_init_is_seen(tmp_path):
+    path = tmp_path / "cpu.pb.gz"
+    with threads_running(("constructor", construct_after_warming_up)):
+        time.sleep(0.1)
+        pyprofiler.start_cpu_profile(path)
+        time.sleep(0.5)
+        pyprofiler.stop_cpu_profile()
+    table = top_table(go_pprof(["-top", "-tagfocus", "thread=constructor"], path))
+    assert table.get("conftest.spin", (0, 0))[1] > 90, table
+    assert table.get(f"{__name__}.Computes.__init__", (0, 0))[1] > 90, table
