@@ -1,6 +1,7 @@
 """The /debug/pprof/ routes as a Flask blueprint, with Go's status codes, headers and texts.
 
-This layer only parses parameters and calls profiles by name through the registry.
+This layer only parses parameters and calls profiles by name through the registry, or, on the
+process that serves a group's port, asks the group for them (fanout.py).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from flask import Blueprint, Response, request
 
 from pyprofiler import proto, registry, symbols
 from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError
+from pyprofiler.fanout import ANSWER_GRACE, Answer, Fanout, Worker
 
 log = logging.getLogger("pyprofiler")
 
@@ -29,6 +32,17 @@ _GOROUTINE_DUMP_LINK = '<a href="goroutine?debug=2">full goroutine stack dump</a
 
 class BadRequest(Exception):
     """A request parameter that cannot be honoured; the message is the 400 body."""
+
+
+class NoSuchMember(Exception):
+    """`?pid=N` naming no process of this port's group; the message is the 404 body."""
+
+
+class Members(NamedTuple):
+    """Whom a request on a group's port asks: every member (`pids` None), or `pids`."""
+
+    group: Fanout
+    pids: list[int] | None
 
 
 def _headers(response: Response) -> Response:
@@ -88,9 +102,82 @@ def _seconds_param(max_seconds: int) -> int:
     return seconds
 
 
-def index_page() -> str:
-    """Go's /debug/pprof/ page: a row per profile with its count, then the descriptions."""
-    entries = [(p.name, p.count(), p.description) for p in registry.profiles()]
+def _pid_param() -> int | None:
+    raw = request.args.get("pid", "")
+    if raw == "":
+        return None
+    try:
+        pid = int(raw, 10)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise BadRequest('invalid value for "pid" - must be a positive integer')
+    return pid
+
+
+def _members(group: Fanout | None) -> Members | None:
+    """Whom a request is for: `?pid=N` names one member; without it, every member when this
+    process serves a group's port and others are in the group; None: this process alone."""
+    pid = _pid_param()
+    if group is not None:
+        members = group.members()
+        if pid is None and any(member != os.getpid() for member in members):
+            return Members(group, None)
+        if pid in members:
+            return Members(group, [pid])
+    if pid is None or pid == os.getpid():
+        return None
+    raise NoSuchMember(f"no process with pid {pid} serves this port")
+
+
+def _member_target(name: str) -> str:
+    """The path and query to ask a member for: this request's, without `pid`."""
+    query = "&".join(
+        part
+        for part in request.query_string.decode("latin-1").split("&")
+        if part and not part.startswith("pid=")
+    )
+    return f"/debug/pprof/{name}" + (f"?{query}" if query else "")
+
+
+def _answer_response(answer: Answer) -> Response:
+    if answer.status != 200:
+        return serve_error(answer.status, answer.text.rstrip("\n"))
+    if answer.filename is not None:
+        return _profile_response(answer.body, answer.filename)
+    return _text_response(answer.body, answer.content_type)
+
+
+def _age(seconds: float) -> str:
+    """Go's duration layout, to the second: 45s, 12m3s, 3h0m12s."""
+    minutes, secs = divmod(max(int(seconds), 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _workers_table(workers: list[Worker]) -> str:
+    rows = "".join(
+        f"<tr><td><a href='?pid={w.pid}'>{w.pid}</a></td><td>{_age(w.age_seconds)}</td>"
+        f"<td>{'yes' if w.holds_port else ''}</td><td>{html.escape(w.cmdline)}</td></tr>\n"
+        for w in workers
+    )
+    return (
+        f"<p>\nProcesses serving this port: {len(workers)}. Profiles are of all of them, each "
+        "sample labelled with its pid; add pid=N for one.\n<table>\n"
+        "<thead><td>Pid</td><td>Age</td><td>Holds port</td><td>Command line</td></thead>\n"
+        f"{rows}</table>\n</p>\n"
+    )
+
+
+def index_page(counts: dict[str, int] | None = None, workers: list[Worker] | None = None) -> str:
+    """Go's /debug/pprof/ page: a row per profile with its count, then the descriptions; for a
+    group, the counts summed over its `workers`, which are listed below the table."""
+    entries = [
+        (p.name, p.count() if counts is None else counts.get(p.name, 0), p.description)
+        for p in registry.profiles()
+    ]
     entries.append(("cmdline", 0, _CMDLINE_DESCRIPTION))
     entries.sort()
     rows = "".join(
@@ -103,13 +190,14 @@ def index_page() -> str:
         for name, _, text in entries
     )
     dump_link = _GOROUTINE_DUMP_LINK if registry.lookup("goroutine") else ""
+    workers_table = _workers_table(workers) if workers else ""
     return (
         "<html>\n<head>\n<title>/debug/pprof/</title>\n<style>\n.profile-name{\n"
         "\tdisplay:inline-block;\n\twidth:6rem;\n}\n</style>\n</head>\n<body>\n/debug/pprof/\n"
         "<br>\n<p>Set debug=1 as a query parameter to export in legacy text format</p>\n<br>\n"
         "Types of profiles available:\n<table>\n<thead><td>Count</td><td>Profile</td></thead>\n"
-        f"{rows}</table>\n{dump_link}<p>\nProfile Descriptions:\n<ul>\n{descriptions}</ul>\n"
-        "</p>\n</body>\n</html>"
+        f"{rows}</table>\n{dump_link}{workers_table}<p>\nProfile Descriptions:\n<ul>\n"
+        f"{descriptions}</ul>\n</p>\n</body>\n</html>"
     )
 
 
@@ -124,30 +212,37 @@ def _cmdline() -> str:
     return "\x00".join(argv)
 
 
-def _symbol() -> Response:
+def _symbol(group: Fanout | None) -> Response:
     # Go's format: words joined by '+', in the POST body or the raw query string.
     if request.method == "POST":
         raw = request.get_data(as_text=True)
     else:
         raw = request.query_string.decode("latin-1")
-    lines = ["num_symbols: 1"]
+    addresses = []
     for word in raw.split("+"):
         try:
-            address = int(word, 0)
+            addresses.append(int(word, 0))
         except ValueError:
             continue
-        name = symbols.lookup(address)
-        if name is not None:
-            lines.append(f"{address:#x} {name}")
+    names = {address: symbols.lookup(address) for address in addresses}
+    unknown = [hex(address) for address, name in names.items() if name is None]
+    if group is not None and unknown:
+        # Addresses are hashes of function and line (symbols.py): another member knows those
+        # of profiles it encoded that this process never encoded itself.
+        names.update(group.symbols(unknown))
+    lines = ["num_symbols: 1"]
+    lines.extend(f"{a:#x} {names[a]}" for a in addresses if names.get(a) is not None)
     return _text_response("\n".join(lines) + "\n")
 
 
-def _named_profile(name: str, max_seconds: int) -> Response:
+def _named_profile(name: str, max_seconds: int, members: Members | None) -> Response:
     profile = registry.lookup(name)
     if profile is None:
         return serve_error(404, "Unknown profile")
     if profile.timed:
         seconds = _seconds_param(max_seconds)
+        if members is not None:
+            return _gathered(name, members, seconds)
         try:
             snapshot = profile.snapshot(seconds)
         except ProfilerBusyError as exc:
@@ -159,17 +254,49 @@ def _named_profile(name: str, max_seconds: int) -> Response:
             return serve_error(400, '"seconds" parameter is not supported for this profile type')
         if _int_param("debug") != 0:
             return serve_error(400, "seconds and debug params are incompatible")
+        if members is not None:
+            return _gathered(name, members, seconds)
         body = _Chunks()
         profile.write_delta(body, seconds)
         return _profile_response(body, f"{name}-delta")
-    if name == "heap" and _int_param("gc") > 0:
-        gc.collect()
+    collect = name == "heap" and _int_param("gc") > 0
     debug = _int_param("debug")
+    if members is not None:
+        return _gathered(name, members, 0)  # Each member collects for itself.
+    if collect:
+        gc.collect()
     body = _Chunks()
     profile.write_to(body, debug=debug)
     if debug > 0:
         return _text_response(body)
     return _profile_response(body, name)
+
+
+def _gathered(name: str, members: Members, seconds: int) -> Response:
+    target, timeout = _member_target(name), seconds + ANSWER_GRACE
+    return _answer_response(members.group.gather(target, timeout, pids=members.pids))
+
+
+def _forwarded(name: str, members: Members) -> Response:
+    """One member's own answer to a request that is not a profile (index, cmdline, symbol)."""
+    return _answer_response(
+        members.group.forward(
+            members.pids[0],
+            _member_target(name),
+            ANSWER_GRACE,
+            method=request.method if request.method == "POST" else "GET",
+            body=request.get_data() if request.method == "POST" else b"",
+        )
+    )
+
+
+def _index(members: Members | None) -> Response:
+    if members is None:
+        page = index_page()
+    else:
+        workers, counts = members.group.workers()
+        page = index_page(counts, workers)
+    return _text_response(page, "text/html; charset=utf-8")
 
 
 def blueprint(
@@ -179,6 +306,12 @@ def blueprint(
 
     `max_seconds` caps the duration that /profile and /wall accept.
     """
+    return group_blueprint(max_seconds, url_prefix, group=None)
+
+
+def group_blueprint(max_seconds: int, url_prefix: str, group: Fanout | None) -> Blueprint:
+    """The routes of blueprint(); with a `group`, those of the process that serves the group's
+    port, which answer for every member."""
     routes = Blueprint("pyprofiler", __name__, url_prefix=url_prefix)
 
     def handle(name: str | None) -> Response:
@@ -189,15 +322,21 @@ def blueprint(
             response.headers["Allow"] = ", ".join(allowed)
             return response
         try:
+            members = _members(group)
+            one = members is not None and members.pids is not None
+            if one and (not name or name in ("cmdline", "symbol")):
+                return _forwarded(name or "", members)
             if not name:
-                return _text_response(index_page(), "text/html; charset=utf-8")
-            if name == "cmdline":
+                return _index(members)
+            if name == "cmdline":  # The holder's own, as Go's.
                 return _text_response(_cmdline())
             if name == "symbol":
-                return _symbol()
-            return _named_profile(name, max_seconds)
+                return _symbol(members.group if members is not None else None)
+            return _named_profile(name, max_seconds, members)
         except BadRequest as exc:
             return serve_error(400, str(exc))
+        except NoSuchMember as exc:
+            return serve_error(404, str(exc))
         except ProfileUnavailableError as exc:
             return serve_error(501, str(exc))
         except Exception as exc:  # The host application never sees a traceback page.
