@@ -612,6 +612,23 @@ def test_a_member_killed_during_a_profile_is_left_out_and_named(tmp_path):
         assert str(victim) not in go_pprof(["-comments"], after)
 
 
+def kill_holder_and_wait_for_the_port(holder: int, port: int) -> None:
+    """SIGKILL the process holding the port; another member must answer on it in time."""
+    os.kill(holder, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def answers() -> bool:
+        try:
+            return requests.get(url(port, "cmdline"), timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    assert wait_until(answers, timeout=FAILOVER_LIMIT + 5, interval=0.05)
+    elapsed = time.monotonic() - killed
+    print(f"port answered again {elapsed:.2f} s after its holder was killed")
+    assert elapsed < FAILOVER_LIMIT
+
+
 def test_the_port_answers_again_soon_after_its_holder_dies():
     port = free_port()
     with sessions(member_command(port), member_command(port)) as processes:
@@ -619,19 +636,7 @@ def test_the_port_answers_again_soon_after_its_holder_dies():
         wait_for_workers(port, lambda seen: len(seen) == 2)
         holder = next(pid for pid, holds in states.items() if holds)
         survivor = next(pid for pid, holds in states.items() if not holds)
-        os.kill(holder, signal.SIGKILL)
-        killed = time.monotonic()
-
-        def answers() -> bool:
-            try:
-                return requests.get(url(port, "cmdline"), timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        assert wait_until(answers, timeout=FAILOVER_LIMIT + 5, interval=0.05)
-        elapsed = time.monotonic() - killed
-        print(f"port answered again {elapsed:.2f} s after its holder was killed")
-        assert elapsed < FAILOVER_LIMIT
+        kill_holder_and_wait_for_the_port(holder, port)
         assert group.port_holder(port) == survivor
 
 
@@ -774,19 +779,7 @@ def test_gunicorn_port_answers_again_after_its_holder_is_killed(tmp_path):
         )
         loader = load(app_port, 60)
         try:
-            os.kill(holder, signal.SIGKILL)
-            killed = time.monotonic()
-
-            def answers() -> bool:
-                try:
-                    return requests.get(url(port, "cmdline"), timeout=1).status_code == 200
-                except requests.RequestException:
-                    return False
-
-            assert wait_until(answers, timeout=FAILOVER_LIMIT + 5, interval=0.05)
-            elapsed = time.monotonic() - killed
-            print(f"gunicorn: port answered again {elapsed:.2f} s after its holder was killed")
-            assert elapsed < FAILOVER_LIMIT
+            kill_holder_and_wait_for_the_port(holder, port)
             serving = wait_for_workers(port, lambda seen: len(seen) == 4 and holder not in seen)
             profile = fetch(port, "profile?seconds=2", tmp_path / "profile")
             assert tagged_pids(profile) == set(serving)
