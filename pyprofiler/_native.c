@@ -44,7 +44,7 @@
 #endif
 
 #define MAX_FRAMES 64
-#define MAX_BUCKETS 16384            /* distinct (stack, size) pairs */
+#define MAX_BUCKETS 16384            /* distinct (stack, size class) pairs */
 #define BUCKET_SLOTS (MAX_BUCKETS * 2)
 #define MAX_TRACKED (1 << 20)        /* live sampled blocks */
 #define MIN_TRACKED_SLOTS 4096
@@ -56,7 +56,8 @@ PyAPI_FUNC(const char *) _PyMem_GetCurrentAllocatorName(void);
 
 typedef struct {
     uint64_t hash;
-    size_t size;
+    size_t size;          /* the size class of its blocks (size_class) */
+    uint64_t last_sample; /* samples_taken when a block was last sampled into it */
     uint64_t allocs;
     uint64_t frees;
     uint64_t alloc_bytes; /* allocs * size, except in the overflow bucket, whose sizes vary */
@@ -101,6 +102,18 @@ static uint8_t tracked_filter[1 << FILTER_BITS];
 
 static uint64_t samples_taken, dropped_stacks, dropped_blocks, truncated_stacks;
 static int listing; /* buckets() is building Python objects from bucket pointers */
+/* Buckets retired to make room (retire_idle_buckets): their counts, summed, and how many. */
+static uint64_t retired_counts[4]; /* allocs, frees, alloc_bytes, free_bytes */
+static uint64_t retired_buckets;
+static uint32_t *free_indices; /* of retired buckets, for new ones */
+static uint32_t n_free_indices;
+/* Code objects that retired buckets referenced: released outside the hooks (release_retired). */
+static PyObject **releasing;
+static size_t n_releasing, releasing_capacity;
+static int release_scheduled;
+/* A full table of live buckets is not scanned again before this many more samples. */
+#define RETIRE_EVERY 1024
+static uint64_t retire_tried_at;
 static size_t own_bytes;
 
 /* ---- random gaps ------------------------------------------------------------------------ */
@@ -352,6 +365,20 @@ same_frames(const frame_t *a, const frame_t *b, int depth, int other_depth)
     return 1;
 }
 
+/* Blocks are counted by size class, as Go's runtime counts them: exact sizes would make a bucket
+ * of every (stack, length) pair of strings and lists. pymalloc's 16-byte classes up to 512
+ * bytes, then eight classes per doubling. */
+static size_t
+size_class(size_t size)
+{
+    if (size <= 512) {
+        return (size + 15) & ~(size_t)15;
+    }
+    int top = 63 - __builtin_clzll((unsigned long long)(size - 1));
+    size_t step = (size_t)1 << (top - 2);
+    return (size + step - 1) & ~(step - 1);
+}
+
 static bucket_t *
 new_bucket(uint64_t hash, size_t size, const frame_t *frames, int depth)
 {
@@ -378,8 +405,9 @@ ensure_tables(void)
     }
     buckets = own_calloc(MAX_BUCKETS, sizeof(bucket_t *));
     bucket_slots = own_calloc(BUCKET_SLOTS, sizeof(uint32_t));
+    free_indices = own_calloc(MAX_BUCKETS, sizeof(uint32_t));
     tracked_t *table = own_calloc(MIN_TRACKED_SLOTS, sizeof(tracked_t));
-    if (buckets == NULL || bucket_slots == NULL || table == NULL) {
+    if (buckets == NULL || bucket_slots == NULL || free_indices == NULL || table == NULL) {
         own_free(table, MIN_TRACKED_SLOTS * sizeof(tracked_t));
         return -1;
     }
@@ -396,30 +424,177 @@ ensure_tables(void)
     return 0;
 }
 
-/* The bucket for (stack, size); the overflow bucket when the table is full. */
+static void
+remove_bucket_slot(uint32_t index)
+{
+    size_t mask = BUCKET_SLOTS - 1;
+    size_t i = (size_t)buckets[index]->hash & mask;
+    while (bucket_slots[i] != index + 1) {
+        i = (i + 1) & mask;
+    }
+    /* Backward shift: pull later entries of the probe run into the hole. */
+    size_t hole = i;
+    for (size_t j = (i + 1) & mask; bucket_slots[j] != 0; j = (j + 1) & mask) {
+        size_t home = (size_t)buckets[bucket_slots[j] - 1]->hash & mask;
+        if (((j - home) & mask) >= ((j - hole) & mask)) {
+            bucket_slots[hole] = bucket_slots[j];
+            hole = j;
+        }
+    }
+    bucket_slots[hole] = 0;
+}
+
+/* Runs the pending release of retired buckets' code objects, in the main thread. */
+/* With the GIL, outside the hooks: drop the references retired buckets held. */
+static void
+release_retired(void)
+{
+    int was_in_hook = in_hook;
+    in_hook = 1; /* A release may free and allocate; nothing it does is sampled. */
+    while (n_releasing > 0) {
+        PyObject *code = releasing[--n_releasing];
+        Py_DECREF(code);
+    }
+    in_hook = was_in_hook;
+}
+
+static int
+release_retired_pending(void *unused)
+{
+    release_scheduled = 0;
+    release_retired();
+    return 0;
+}
+
+/* Called with the table full, in a hook (with the GIL): makes room by retiring the buckets
+ * that hold no live block and were sampled into least recently, at most a quarter of the table,
+ * so that a new allocation site is seen after a week as on the first day. Their counts go to
+ * one aggregate (the allocs profile keeps its totals); their code objects are released later,
+ * outside the hooks. Returns how many were retired. */
+static uint32_t
+retire_idle_buckets(void)
+{
+    retire_tried_at = samples_taken;
+    if (listing || n_releasing >= (size_t)MAX_BUCKETS * MAX_FRAMES) {
+        return 0; /* buckets() holds pointers to them, or no release came for too long. */
+    }
+    uint64_t *ages = own_calloc(MAX_BUCKETS, sizeof(uint64_t));
+    if (ages == NULL) {
+        return 0;
+    }
+    pthread_mutex_lock(&tracked_mutex); /* Raw frees update free counts without the GIL. */
+    uint32_t n_idle = 0;
+    for (uint32_t i = 1; i < n_buckets; i++) {
+        if (buckets[i] != NULL && buckets[i]->allocs == buckets[i]->frees) {
+            ages[n_idle++] = buckets[i]->last_sample;
+        }
+    }
+    uint32_t wanted = n_idle < MAX_BUCKETS / 4 ? n_idle : MAX_BUCKETS / 4;
+    uint64_t threshold = 0;
+    if (wanted > 0) { /* The wanted-th oldest: quickselect. */
+        uint32_t lo = 0, hi = n_idle - 1, k = wanted - 1;
+        while (lo < hi) {
+            uint64_t pivot = ages[lo + (hi - lo) / 2];
+            uint32_t a = lo, b = hi;
+            while (a <= b) {
+                while (ages[a] < pivot) {
+                    a++;
+                }
+                while (ages[b] > pivot) {
+                    b--;
+                }
+                if (a <= b) {
+                    uint64_t t = ages[a];
+                    ages[a] = ages[b];
+                    ages[b] = t;
+                    a++;
+                    if (b == 0) {
+                        break;
+                    }
+                    b--;
+                }
+            }
+            if (k <= b) {
+                hi = b;
+            }
+            else if (k >= a) {
+                lo = a;
+            }
+            else {
+                break;
+            }
+        }
+        threshold = ages[k];
+    }
+    uint32_t retired = 0;
+    for (uint32_t i = 1; i < n_buckets && retired < wanted; i++) {
+        bucket_t *b = buckets[i];
+        if (b == NULL || b->allocs != b->frees || b->last_sample > threshold) {
+            continue;
+        }
+        if (n_releasing + (size_t)b->depth > releasing_capacity) {
+            size_t capacity = releasing_capacity * 2 + (size_t)MAX_FRAMES * 64;
+            PyObject **grown = own_calloc(capacity, sizeof(PyObject *));
+            if (grown == NULL) {
+                break; /* It keeps its bucket. */
+            }
+            memcpy(grown, releasing, n_releasing * sizeof(PyObject *));
+            own_free(releasing, releasing_capacity * sizeof(PyObject *));
+            releasing = grown;
+            releasing_capacity = capacity;
+        }
+        for (int d = 0; d < b->depth; d++) {
+            releasing[n_releasing++] = b->frames[d].code;
+        }
+        retired_counts[0] += b->allocs;
+        retired_counts[1] += b->frees;
+        retired_counts[2] += b->alloc_bytes;
+        retired_counts[3] += b->free_bytes;
+        remove_bucket_slot(i);
+        own_free(b, sizeof(bucket_t) + (size_t)b->depth * sizeof(frame_t));
+        buckets[i] = NULL;
+        free_indices[n_free_indices++] = i;
+        retired++;
+    }
+    pthread_mutex_unlock(&tracked_mutex);
+    own_free(ages, MAX_BUCKETS * sizeof(uint64_t));
+    retired_buckets += retired;
+    if (n_releasing > 0 && !release_scheduled) {
+        release_scheduled = Py_AddPendingCall(release_retired_pending, NULL) == 0;
+    }
+    return retired;
+}
+
+/* The bucket for (stack, size class); the overflow bucket when the table is full and nothing
+ * in it can be retired. */
 static uint32_t
 find_bucket(const frame_t *frames, int depth, size_t size)
 {
-    uint64_t hash = hash_stack(frames, depth, size);
+    size_t key = size_class(size);
+    uint64_t hash = hash_stack(frames, depth, key);
     size_t mask = BUCKET_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = bucket_slots[i];
         if (index == 0) {
-            if (n_buckets >= MAX_BUCKETS) {
-                dropped_stacks++;
-                return 0;
+            if (n_free_indices == 0 && n_buckets >= MAX_BUCKETS &&
+                samples_taken - retire_tried_at >= RETIRE_EVERY && retire_idle_buckets() > 0) {
+                return find_bucket(frames, depth, size); /* The probe run may have moved. */
             }
-            bucket_t *b = new_bucket(hash, size, frames, depth);
+            int reuse = n_free_indices > 0;
+            uint32_t at = reuse ? free_indices[n_free_indices - 1] : n_buckets;
+            bucket_t *b = at < MAX_BUCKETS ? new_bucket(hash, key, frames, depth) : NULL;
             if (b == NULL) {
                 dropped_stacks++;
                 return 0;
             }
-            buckets[n_buckets] = b;
-            bucket_slots[i] = ++n_buckets;
-            return n_buckets - 1;
+            n_free_indices -= reuse;
+            n_buckets += !reuse;
+            buckets[at] = b;
+            bucket_slots[i] = at + 1;
+            return at;
         }
         bucket_t *b = buckets[index - 1];
-        if (b->hash == hash && b->size == size && same_frames(b->frames, frames, depth, b->depth)) {
+        if (b->hash == hash && b->size == key && same_frames(b->frames, frames, depth, b->depth)) {
             return index - 1;
         }
     }
@@ -551,6 +726,7 @@ sample(void *ptr, size_t size)
     truncated_stacks += truncated;
     uint32_t bucket = find_bucket(frames, depth, size);
     bucket_t *b = buckets[bucket];
+    b->last_sample = samples_taken;
     b->allocs++;
     b->alloc_bytes += size;
     pthread_mutex_lock(&tracked_mutex);
@@ -825,13 +1001,15 @@ get_rate(PyObject *module, PyObject *unused)
 }
 
 /* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes); frames is a tuple
- * of (code, line), leaf first; the overflow bucket is the one with frames None. */
+ * of (code, line), leaf first; the overflow bucket is the one with frames None, and the counts
+ * of retired buckets, summed, the one with frames "retired". */
 static PyObject *
 buckets_list(PyObject *module, PyObject *unused)
 {
     if (buckets == NULL) {
         return PyList_New(0);
     }
+    release_retired();
     /* Copy first: building Python objects allocates, which may sample and add buckets. */
     uint32_t count = n_buckets;
     bucket_t **copy = PyMem_RawMalloc(count * sizeof(bucket_t *));
@@ -844,11 +1022,17 @@ buckets_list(PyObject *module, PyObject *unused)
     pthread_mutex_lock(&tracked_mutex); /* Raw frees update the free counts without the GIL. */
     for (uint32_t i = 0; i < count; i++) {
         copy[i] = buckets[i];
+        if (copy[i] == NULL) {
+            counts[i][0] = 0;
+            continue;
+        }
         counts[i][0] = buckets[i]->allocs;
         counts[i][1] = buckets[i]->frees;
         counts[i][2] = buckets[i]->alloc_bytes;
         counts[i][3] = buckets[i]->free_bytes;
     }
+    uint64_t retired[4];
+    memcpy(retired, retired_counts, sizeof retired);
     pthread_mutex_unlock(&tracked_mutex);
     listing++;
     PyObject *result = PyList_New(0);
@@ -888,6 +1072,16 @@ buckets_list(PyObject *module, PyObject *unused)
     listing--;
     PyMem_RawFree(copy);
     PyMem_RawFree(counts);
+    if (result != NULL && retired[0] > 0) {
+        PyObject *item = Py_BuildValue("(sKKKK)", "retired", (unsigned long long)retired[0],
+                                       (unsigned long long)retired[1],
+                                       (unsigned long long)retired[2],
+                                       (unsigned long long)retired[3]);
+        if (item == NULL || PyList_Append(result, item) < 0) {
+            Py_CLEAR(result);
+        }
+        Py_XDECREF(item);
+    }
     return result;
 }
 
@@ -895,11 +1089,13 @@ static PyObject *
 stats(PyObject *module, PyObject *unused)
 {
     return Py_BuildValue(
-        "{s:n,s:K,s:n,s:K,s:K,s:K,s:n,s:n,s:s}", "rate", rate, "samples",
+        "{s:n,s:K,s:n,s:K,s:K,s:K,s:n,s:K,s:n,s:s}", "rate", rate, "samples",
         (unsigned long long)samples_taken, "tracked_blocks", (Py_ssize_t)n_tracked,
         "dropped_blocks", (unsigned long long)dropped_blocks, "dropped_stacks",
         (unsigned long long)dropped_stacks, "truncated_stacks",
-        (unsigned long long)truncated_stacks, "buckets", (Py_ssize_t)n_buckets, "own_bytes",
+        (unsigned long long)truncated_stacks, "buckets",
+        (Py_ssize_t)(n_buckets - n_free_indices), "retired_buckets",
+        (unsigned long long)retired_buckets, "own_bytes",
         (Py_ssize_t)own_bytes, "frees_seen", raw_sampling ? "raw domain" : "every free");
 }
 
@@ -924,8 +1120,20 @@ free_tables(int release_code)
     pthread_mutex_unlock(&tracked_mutex);
     own_free(old_tracked, old_tracked_slots * sizeof(tracked_t));
     samples_taken = dropped_stacks = dropped_blocks = truncated_stacks = 0;
+    retire_tried_at = retired_buckets = 0;
+    memset(retired_counts, 0, sizeof retired_counts);
+    own_free(free_indices, MAX_BUCKETS * sizeof(uint32_t));
+    free_indices = NULL;
+    n_free_indices = 0;
+    if (release_code) {
+        release_retired();
+    }
+    n_releasing = 0; /* In a forked child, left referenced: see after_fork_in_child(). */
     for (uint32_t i = 0; i < count; i++) {
         bucket_t *b = old[i];
+        if (b == NULL) { /* retired */
+            continue;
+        }
         for (int d = 0; release_code && d < b->depth; d++) {
             Py_DECREF(b->frames[d].code);
         }

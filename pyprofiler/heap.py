@@ -32,6 +32,8 @@ DEFAULT_RATE = 512 * 1024  # Go's MemProfileRate.
 FALLBACK_FRAMES = 32
 
 _OVERFLOW = Frame("[pyprofiler: heap table full]", "<pyprofiler>", 0, 0)
+# Allocation sites that held no live memory when the table needed room: their counts, summed.
+_RETIRED = Frame("[pyprofiler: retired allocation sites]", "<pyprofiler>", 0, 0)
 _NO_PYTHON = Frame("[no Python frames]", "<pyprofiler>", 0, 0)
 
 _SAMPLE_TYPES = (
@@ -90,6 +92,8 @@ def records() -> list[HeapRecord]:
     for frames, allocs, frees, alloc_bytes, free_bytes in _native.buckets():
         if frames is None:
             named: tuple[Frame, ...] = (_OVERFLOW,)
+        elif frames == "retired":
+            named = (_RETIRED,)
         elif not frames:
             named = (_NO_PYTHON,)
         else:
@@ -108,6 +112,15 @@ def _native_snapshot(default_sample_type: str) -> Snapshot:
         samples.append(
             Sample(record.frames, alloc + inuse, (), (("bytes", size, "bytes"),) if size else ())
         )
+    retired = _native.stats()["retired_buckets"]
+    comments = (
+        (
+            f"pyprofiler: {retired} allocation sites without live memory retired to make room; "
+            f"their past allocations are under {_RETIRED.function}",
+        )
+        if retired
+        else ()
+    )
     return Snapshot(
         sample_types=_SAMPLE_TYPES,
         period_type=ValueType("space", "bytes"),
@@ -115,6 +128,7 @@ def _native_snapshot(default_sample_type: str) -> Snapshot:
         time_nanos=time.time_ns(),
         default_sample_type=default_sample_type,
         samples=samples,
+        comments=comments,
     )
 
 
@@ -168,6 +182,7 @@ def memstats() -> list[tuple[str, object]]:
             ("TrackedBlocks", native["tracked_blocks"]),
             ("DroppedBlocks", native["dropped_blocks"]),
             ("DroppedStacks", native["dropped_stacks"]),
+            ("RetiredStacks", native["retired_buckets"]),
             ("TruncatedStacks", native["truncated_stacks"]),
             ("SamplerBytes", native["own_bytes"]),
             ("FreesSeen", native["frees_seen"]),

@@ -308,7 +308,8 @@ _FRAME = re.compile(r"#\t0x[0-9a-f]+\t+\S.*\t+.+:\d+")
 MEMSTATS = [
     "RSS", "VMS", "PeakRSS", "AllocatedBlocks", "GCCounts", "GCThresholds", "GCCollections",
     "GCCollected", "GCUncollectable", "GCGarbage", "SampleRate", "Samples", "TrackedBlocks",
-    "DroppedBlocks", "DroppedStacks", "TruncatedStacks", "SamplerBytes", "FreesSeen",
+    "DroppedBlocks", "DroppedStacks", "RetiredStacks", "TruncatedStacks", "SamplerBytes",
+    "FreesSeen",
 ]  # fmt: skip
 
 
@@ -473,13 +474,13 @@ def test_rate_one_samples_every_allocation_unscaled(tmp_path):
 
     in_child(child)
     assert "Period: 1\n" in go_pprof(["-raw"], path)
-    # Exactly the 1 000 objects of 1 033 bytes (bytes(1000) is a 1 033-byte block), unscaled.
-    for index, value in [("alloc_objects", 1_000), ("alloc_space", 1_033_000)]:
-        _, rows = top(path, index, "-tagfocus=bytes=1033B")
-        assert flat_of(rows, "keep_objects") == value, rows
-    # And nothing much else in that function: the list it appends to grows a few dozen times.
+    # The 1 000 objects of 1 033 bytes (bytes(1000) is a 1 033-byte block), unscaled, and
+    # nothing much else in that function: the list it appends to grows a few dozen times (by
+    # under 100 KB in all).
     _, rows = top(path, "alloc_objects")
     assert 1_000 <= flat_of(rows, "keep_objects") <= 1_050, rows
+    _, rows = top(path, "alloc_space")
+    assert 1_033_000 <= flat_of(rows, "keep_objects") <= 1_033_000 + 100_000, rows
 
 
 def keep_among_other_work(count: int, size: int) -> list:
@@ -494,7 +495,7 @@ def keep_among_other_work(count: int, size: int) -> list:
 
 
 def test_one_record_per_stack_and_size(tmp_path):
-    # Buckets are keyed by (stack, size): one line allocating one size is one record.
+    # Buckets are keyed by (stack, size class): one line allocating one size is one record.
     path = str(tmp_path / "heap.txt")
 
     def child():
@@ -517,19 +518,59 @@ def test_one_record_per_stack_and_size(tmp_path):
     assert not duplicates, f"several records for one (stack, size), sizes {sorted(duplicates)}"
 
 
+def allocate_lengths(count: int) -> list:
+    kept = []
+    for n in range(count):
+        kept.append(bytearray(n))
+    return kept
+
+
+def test_sizes_share_a_record_per_size_class(tmp_path):
+    # 20 000 lengths from one line: a few dozen size classes, not 20 000 records.
+    path = str(tmp_path / "heap.txt")
+
+    def child():
+        pyprofiler.set_mem_profile_rate(1)
+        kept = allocate_lengths(20_000)
+        with open(path, "wb") as file:
+            pyprofiler.lookup("heap").write_to(file, debug=1)
+        pyprofiler.set_mem_profile_rate(0)
+        del kept
+
+    in_child(child)
+    _, records, stats = parse_heap_text(Path(path).read_text())
+    ours = [numbers for numbers, _, frames in records if "allocate_lengths" in frames[0]]
+    assert 30 < len(ours) < 120, len(ours)
+    assert sum(numbers[0] for numbers in ours) >= 20_000  # Every one of them, in use.
+    assert int(stats["DroppedStacks"]) == 0
+
+
+def allocation_sites(count: int, keep: bool) -> list:
+    """`count` functions of their own (exec'd), each allocating a 100-byte block once, kept
+    or not: as many allocation sites."""
+    kept = []
+    for n in range(count):
+        namespace: dict = {}
+        exec(f"def site_{n}():\n    return bytes(100)\n", namespace)
+        block = namespace[f"site_{n}"]()
+        if keep:
+            kept.append(block)
+    return kept
+
+
 def test_full_bucket_table_is_counted_and_shown(tmp_path):
     path, text_path = str(tmp_path / "heap.pb.gz"), str(tmp_path / "heap.txt")
 
     def child():
         pyprofiler.set_mem_profile_rate(1)
-        # 20 000 distinct sizes from one line: more (stack, size) pairs than the 16 384 buckets.
-        for n in range(20_000):
-            bytearray(n)
+        # More live sites than the 16 384 buckets: none can be retired.
+        kept = allocation_sites(17_000, keep=True)
         pyprofiler.set_mem_profile_rate(0)
         with open(path, "wb") as file:
             pyprofiler.write_heap_profile(file)
         with open(text_path, "wb") as file:
             pyprofiler.lookup("heap").write_to(file, debug=1)
+        del kept
 
     in_child(child)
     _, _, stats = parse_heap_text(Path(text_path).read_text())
@@ -537,6 +578,37 @@ def test_full_bucket_table_is_counted_and_shown(tmp_path):
     _, rows = top(path, "alloc_objects")
     # At rate 1, unscaled: one object in the overflow bucket per dropped stack.
     assert flat_of(rows, "[pyprofiler: heap table full]") == int(stats["DroppedStacks"])
+
+
+def fresh_site() -> bytes:
+    return bytes(4096)
+
+
+def test_sites_without_live_memory_are_retired_so_that_new_ones_are_seen(tmp_path):
+    heap_path, allocs_path = str(tmp_path / "heap.pb.gz"), str(tmp_path / "allocs.pb.gz")
+    text_path = str(tmp_path / "heap.txt")
+
+    def child():
+        pyprofiler.set_mem_profile_rate(1)
+        allocation_sites(40_000, keep=False)  # A long-running program's passing sites.
+        kept = [fresh_site() for _ in range(10)]
+        pyprofiler.set_mem_profile_rate(0)
+        for name, target in (("heap", heap_path), ("allocs", allocs_path)):
+            with open(target, "wb") as file:
+                pyprofiler.lookup(name).write_to(file)
+        with open(text_path, "wb") as file:
+            pyprofiler.lookup("heap").write_to(file, debug=1)
+        del kept
+
+    in_child(child)
+    _, _, stats = parse_heap_text(Path(text_path).read_text())
+    assert int(stats["RetiredStacks"]) > 16_384
+    assert int(stats["DroppedStacks"]) == 0
+    _, rows = top(heap_path, "inuse_space")
+    assert flat_of(rows, "test_heap.fresh_site") >= 10 * 4096
+    _, rows = top(allocs_path, "alloc_objects")
+    assert flat_of(rows, "[pyprofiler: retired allocation sites]") > 16_384
+    assert "allocation sites without live memory retired" in go_pprof(["-comments"], heap_path)
 
 
 def descend(depth: int, size: int) -> bytes:
@@ -610,10 +682,11 @@ def test_blocks_freed_while_the_hooks_were_removed_are_not_in_use(tmp_path):
 
 
 def test_fork_child_starts_empty_and_profiles_its_own():
-    def before_fork() -> list:
+    # Names that no frame of the at-fork handlers (which allocate in the child) contains.
+    def kept_by_parent() -> list:
         return keep_objects(5_000, 1_000)
 
-    def after_fork() -> list:
+    def kept_by_child() -> list:
         return keep_objects(5_000, 2_000)
 
     def functions() -> set[str]:
@@ -621,8 +694,8 @@ def test_fork_child_starts_empty_and_profiles_its_own():
 
     def parent():
         pyprofiler.set_mem_profile_rate(4096)
-        kept = before_fork()
-        assert samples_taken() > 0 and any("before_fork" in f for f in functions())
+        kept = kept_by_parent()
+        assert samples_taken() > 0 and any("kept_by_parent" in f for f in functions())
         # A rate this coarse samples nothing between the fork and the first line of the child,
         # so that line sees exactly what the fork left.
         pyprofiler.set_mem_profile_rate(1 << 40)
@@ -632,11 +705,11 @@ def test_fork_child_starts_empty_and_profiles_its_own():
             try:
                 samples_at_fork = samples_taken()
                 pyprofiler.set_mem_profile_rate(4096)
-                ours = after_fork()
+                ours = kept_by_child()
                 names = functions()
                 if samples_at_fork == 0 and samples_taken() > 0:
-                    if any("after_fork" in f for f in names):
-                        code = 0 if not any("before_fork" in f for f in names) else 4
+                    if any("kept_by_child" in f for f in names):
+                        code = 0 if not any("kept_by_parent" in f for f in names) else 4
                     else:
                         code = 3
                 else:
@@ -648,8 +721,8 @@ def test_fork_child_starts_empty_and_profiles_its_own():
         # 2: samples at fork, 3: no samples of its own, 4: the parent's samples.
         assert os.waitstatus_to_exitcode(status) == 0, f"child check failed: status {status}"
         # The parent's samples are its own and untouched.
-        assert any("before_fork" in f for f in functions())
-        assert not any("after_fork" in f for f in functions())
+        assert any("kept_by_parent" in f for f in functions())
+        assert not any("kept_by_child" in f for f in functions())
         del kept
 
     in_child(parent)
