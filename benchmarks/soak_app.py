@@ -90,8 +90,8 @@ async def task_churn(stop: threading.Event) -> None:
 
 def late_allocation_site(stop: threading.Event) -> None:
     kept = []
-    while not stop.wait(0.05) and len(kept) < 200:
-        kept.append(bytearray(64 * 1024))  # Up to 12.5 MB kept, a block at a time.
+    while not stop.wait(0.05) and len(kept) < 40:
+        kept.append(bytearray(64 * 1024))  # 2.5 MB kept, a block at a time.
     stop.wait()
 
 

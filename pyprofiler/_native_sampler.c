@@ -22,9 +22,13 @@
  * stop(), so their addresses cannot be reused meanwhile) and, on 3.9 and 3.10, to learn a new
  * thread's kernel id. Samples that wait for a pin are held in a small buffer until it is done.
  *
+ * pyprofiler's own threads (named pyprofiler-*) are left out, unless a window wants them: they
+ * are neither copied nor given a label, so that a server's request threads, one per request,
+ * cost the sampler nothing (see "pyprofiler's own threads" below).
+ *
  * The pthread has one PyThreadState, for those pins; it never runs Python code. Every field but
- * the stop flag (under `mutex`) belongs to the pthread while it runs, and to the thread that
- * calls start() and stop() before and after.
+ * the stop flag (under `mutex`) and include_own (atomic) belongs to the pthread while it runs,
+ * and to the thread that calls start() and stop() before and after.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -70,6 +74,7 @@ typedef struct {
     uint64_t serial;     /* the thread state's unique id: idents and tids get reused */
     int64_t observations; /* CPU: its samples in the table */
     int64_t cpu_ns;       /* CPU: what its clock says it used in the window */
+    int own;              /* one of pyprofiler's threads */
 } label_t;
 
 typedef struct entry {
@@ -89,6 +94,7 @@ typedef struct {
     int32_t label;     /* -1 until the thread's first sample */
     int sampled;       /* wall: its stack was taken at that clock reading, and went to `last` */
     entry_t *last;     /* (NULL: it ran no Python code then) */
+    int own;           /* one of pyprofiler's threads, at the last reading that could tell */
 } thread_t;
 
 typedef struct {
@@ -122,6 +128,7 @@ typedef struct {
     pthread_cond_t wake;
     pthread_cond_t cut_done;
     int stopping;      /* under mutex */
+    int include_own;   /* atomic: pyprofiler's own threads are sampled too */
     int cut_requested; /* under mutex: cut() waits for a reading to end the window at */
     int exited;        /* under mutex: the pthread has returned, or is about to */
     int64_t expires_ns; /* under mutex: CLOCK_MONOTONIC instant to end on its own at, or 0 */
@@ -325,6 +332,109 @@ next_random(SamplerObject *self)
     self->random ^= self->random << 25;
     self->random ^= self->random >> 27;
     return self->random * 0x2545F4914F6CDD1DULL;
+}
+
+/* ---- pyprofiler's own threads -------------------------------------------------------------- */
+
+/* The threads named pyprofiler-* (creation.py), as (ident, kernel tid) pairs: published by
+ * Python code as each starts and ends, read by every sampler pthread without the GIL. A
+ * sequence lock, so that neither side ever waits for the other: the writer (one at a time: it
+ * holds the GIL) makes the sequence odd, rewrites the table, makes it even again; a reader that
+ * saw it odd, or changed across its read, reads again, a few times at most, and otherwise keeps
+ * what it knew. The table is static memory, so a read that overlaps a write may be wrong, which
+ * the sequence tells, but never faults. An ident is matched with its tid where both are known:
+ * idents are reused as soon as a thread ends, kernel tids only after a wrap of the pid space. */
+#define MAX_OWN_THREADS 4096
+#define OWN_READ_TRIES 8
+
+typedef struct {
+    unsigned long ident;
+    unsigned long tid; /* 0: not known */
+} own_thread_t;
+
+static own_thread_t own_threads[MAX_OWN_THREADS]; /* sorted by ident */
+static uint32_t n_own_threads;
+static uint64_t own_sequence;
+
+/* 1 if the thread is one of pyprofiler's, 0 if not, -1 if the table changed at every try. */
+static int
+own_thread(unsigned long ident, unsigned long tid)
+{
+    for (int tries = 0; tries < OWN_READ_TRIES; tries++) {
+        uint64_t before = __atomic_load_n(&own_sequence, __ATOMIC_ACQUIRE);
+        if (before & 1) {
+            continue;
+        }
+        uint32_t n = __atomic_load_n(&n_own_threads, __ATOMIC_RELAXED);
+        uint32_t low = 0, high = n < MAX_OWN_THREADS ? n : MAX_OWN_THREADS;
+        while (low < high) {
+            uint32_t middle = low + (high - low) / 2;
+            if (__atomic_load_n(&own_threads[middle].ident, __ATOMIC_RELAXED) < ident) {
+                low = middle + 1;
+            }
+            else {
+                high = middle;
+            }
+        }
+        int found = 0;
+        if (low < n && low < MAX_OWN_THREADS &&
+            __atomic_load_n(&own_threads[low].ident, __ATOMIC_RELAXED) == ident) {
+            unsigned long own_tid = __atomic_load_n(&own_threads[low].tid, __ATOMIC_RELAXED);
+            found = own_tid == 0 || tid == 0 || own_tid == tid;
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&own_sequence, __ATOMIC_RELAXED) == before) {
+            return found;
+        }
+    }
+    return -1;
+}
+
+static int
+compare_own(const void *a, const void *b)
+{
+    unsigned long x = ((const own_thread_t *)a)->ident, y = ((const own_thread_t *)b)->ident;
+    return (x > y) - (x < y);
+}
+
+/* set_own_threads(((ident, tid), ...)): pyprofiler's threads, which samplers leave out from now
+ * on unless told otherwise. Beyond MAX_OWN_THREADS, the rest are sampled as the program's (and
+ * left out by name when the window ends, if they still run). */
+static PyObject *
+set_own_threads(PyObject *module, PyObject *arg)
+{
+    PyObject *items = PySequence_Fast(arg, "expected a sequence of (ident, tid) pairs");
+    if (items == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    own_thread_t *table = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(own_thread_t));
+    if (table == NULL) {
+        Py_DECREF(items);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "kk", &table[i].ident,
+                              &table[i].tid)) {
+            PyMem_Free(table);
+            Py_DECREF(items);
+            return NULL;
+        }
+    }
+    Py_DECREF(items);
+    qsort(table, (size_t)n, sizeof(own_thread_t), compare_own);
+    uint32_t kept = n < MAX_OWN_THREADS ? (uint32_t)n : MAX_OWN_THREADS;
+    uint64_t sequence = __atomic_load_n(&own_sequence, __ATOMIC_RELAXED);
+    __atomic_store_n(&own_sequence, sequence + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    for (uint32_t i = 0; i < kept; i++) {
+        __atomic_store_n(&own_threads[i].ident, table[i].ident, __ATOMIC_RELAXED);
+        __atomic_store_n(&own_threads[i].tid, table[i].tid, __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&n_own_threads, kept, __ATOMIC_RELAXED);
+    __atomic_store_n(&own_sequence, sequence + 2, __ATOMIC_RELEASE);
+    PyMem_Free(table);
+    Py_RETURN_NONE;
 }
 
 /* ---- the tables --------------------------------------------------------------------------- */
@@ -569,7 +679,8 @@ thread_label(SamplerObject *self, thread_t *thread, const thread_copy_t *copy)
 {
     if (thread->label < 0) {
         if (self->n_labels < MAX_LABELS) {
-            self->labels[self->n_labels] = (label_t){copy->ident, thread->tid, copy->serial, 0, 0};
+            self->labels[self->n_labels] =
+                (label_t){copy->ident, thread->tid, copy->serial, 0, 0, thread->own};
             thread->label = (int32_t)self->n_labels++;
         }
         else {
@@ -691,6 +802,16 @@ read_wall(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int64_t el
     keep_thread(&self->seeing, thread);
 }
 
+/* The samples under the thread's label are of one of pyprofiler's threads (not the label that
+ * threads beyond the table share). */
+static void
+mark_own(SamplerObject *self, const thread_t *thread)
+{
+    if (thread->label >= 0 && thread->label < MAX_LABELS) {
+        self->labels[thread->label].own = 1;
+    }
+}
+
 /* The previous reading's thread states, copied in one read; each is used only if it is still
  * the same state (its serial) when the walk reaches its address. */
 static void
@@ -759,7 +880,7 @@ read_threads(SamplerObject *self, int record)
             /* New since the previous reading: all its CPU is in the window. One older than that
              * reading's newest was missed by it: its CPU is measured from now on. */
             int64_t cpu = copy.serial > self->max_serial ? 0 : -1;
-            thread = (thread_t){here, copy.serial, 0, cpu, -1, 0, NULL};
+            thread = (thread_t){.address = here, .serial = copy.serial, .cpu_ns = cpu, .label = -1};
         }
         if (copy.frame_known && copy.frame == 0) {
             keep_thread(&self->seeing, &thread); /* Runs no Python code (or not yet). */
@@ -787,11 +908,30 @@ read_threads(SamplerObject *self, int record)
             keep_thread(&self->seeing, &thread);
             continue;
         }
+        if (thread.label >= 0 && thread.label < MAX_LABELS) {
+            self->labels[thread.label].tid = thread.tid; /* Learnt since its first sample. */
+        }
+        int own = own_thread(copy.ident, thread.tid);
+        if (own >= 0) {
+            thread.own = own;
+        }
+        if (thread.own && !__atomic_load_n(&self->include_own, __ATOMIC_RELAXED)) {
+            mark_own(self, &thread); /* Samples it gave before it was known to be ours. */
+            /* Nothing kept of it: let in later, it is measured from then on. */
+            thread.cpu_ns = -1;
+            thread.sampled = 0;
+            thread.last = NULL;
+            keep_thread(&self->seeing, &thread);
+            continue;
+        }
         if (self->wall) {
             read_wall(self, &thread, &copy, elapsed, record);
         }
         else {
             read_cpu(self, &thread, &copy, record);
+        }
+        if (thread.own) {
+            mark_own(self, &thread);
         }
     }
     if (torn) {
@@ -833,6 +973,9 @@ find_tids(SamplerObject *self, int baseline)
             clockid_t clock;
             if (pthread_getcpuclockid((pthread_t)tstate->thread_id, &clock) == 0) {
                 thread->tid = (unsigned long)(pid_t)~(clock >> 3);
+                if (thread->label >= 0 && thread->label < MAX_LABELS) {
+                    self->labels[thread->label].tid = thread->tid;
+                }
                 if (baseline) {
                     thread->cpu_ns = thread_cpu_ns(thread->tid);
                 }
@@ -1061,10 +1204,11 @@ append(PyObject *list, PyObject *item)
     return list;
 }
 
-/* The window's samples: ([(stack, ident, tid, alive, value_ns, count)], [(ident, tid, alive,
- * cpu_ns)], stats). stack is ((code, line), ...) leaf first, or None for the samples of a thread
- * that no longer fit in the table; alive says whether the thread still ran at the last reading
- * (its ident may since be another's). The second list: CPU of threads never seen on a CPU. */
+/* The window's samples: ([(stack, ident, tid, alive, own, value_ns, count)], [(ident, tid,
+ * alive, own, cpu_ns)], stats). stack is ((code, line), ...) leaf first, or None for the samples
+ * of a thread that no longer fit in the table; alive says whether the thread still ran at the
+ * last reading (its ident may since be another's); own, whether it is one of pyprofiler's. The
+ * second list: CPU of threads never seen on a CPU. */
 static PyObject *
 window_result(SamplerObject *self)
 {
@@ -1081,17 +1225,19 @@ window_result(SamplerObject *self)
         const label_t *label = &self->labels[e->label];
         PyObject *stack = e->depth < 0 ? Py_NewRef(Py_None) : stack_tuple(e->frames, e->depth);
         PyObject *thread_alive = alive[e->label] ? Py_True : Py_False;
+        PyObject *own = label->own ? Py_True : Py_False;
         records = append(records, stack == NULL ? NULL
-                                                : Py_BuildValue("(NkkOLL)", stack, label->ident,
-                                                                label->tid, thread_alive,
+                                                : Py_BuildValue("(NkkOOLL)", stack, label->ident,
+                                                                label->tid, thread_alive, own,
                                                                 (long long)entry_value(self, e),
                                                                 (long long)e->count));
     }
     for (uint32_t i = 0; !self->wall && unseen != NULL && i <= MAX_LABELS; i++) {
         const label_t *label = &self->labels[i];
         if (label->observations == 0 && label->cpu_ns > 0) {
-            unseen = append(unseen, Py_BuildValue("(kkOL)", label->ident, label->tid,
+            unseen = append(unseen, Py_BuildValue("(kkOOL)", label->ident, label->tid,
                                                   alive[i] ? Py_True : Py_False,
+                                                  label->own ? Py_True : Py_False,
                                                   (long long)label->cpu_ns));
         }
     }
@@ -1242,6 +1388,18 @@ Sampler_expire_after(SamplerObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* Whether pyprofiler's own threads are sampled from the next reading on (by default not). */
+static PyObject *
+Sampler_include_own_threads(SamplerObject *self, PyObject *arg)
+{
+    int include = PyObject_IsTrue(arg);
+    if (include < 0) {
+        return NULL;
+    }
+    __atomic_store_n(&self->include_own, include, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
 /* (records, unseen, own_cpu_ns, error, stats): the window since start() or the previous cut(),
  * as window_result() describes it, once the final reading is taken and the thread stopped. */
 static PyObject *
@@ -1284,9 +1442,11 @@ static PyMethodDef Sampler_methods[] = {
      "End on its own after `seconds`, discarding what was recorded since the last cut(), "
      "unless cut() or stop() comes first."},
     {"stop", (PyCFunction)Sampler_stop, METH_NOARGS,
-     "Take a final reading, stop the thread and return ([(stack, ident, tid, alive, value_ns, "
-     "count)], [(ident, tid, alive, cpu_ns) of threads never seen on a CPU], own_cpu_ns, error, "
-     "stats)."},
+     "Take a final reading, stop the thread and return ([(stack, ident, tid, alive, own, "
+     "value_ns, count)], [(ident, tid, alive, own, cpu_ns) of threads never seen on a CPU], "
+     "own_cpu_ns, error, stats)."},
+    {"include_own_threads", (PyCFunction)Sampler_include_own_threads, METH_O,
+     "Whether pyprofiler's own threads (set_own_threads) are sampled from now on."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1301,10 +1461,17 @@ static PyTypeObject SamplerType = {
     .tp_methods = Sampler_methods,
 };
 
+static PyMethodDef own_thread_functions[] = {
+    {"set_own_threads", set_own_threads, METH_O,
+     "set_own_threads(((ident, tid), ...)): pyprofiler's own threads, which StackSamplers leave "
+     "out unless told otherwise."},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 sampler_init(PyObject *module)
 {
-    if (PyType_Ready(&SamplerType) < 0) {
+    if (PyType_Ready(&SamplerType) < 0 || PyModule_AddFunctions(module, own_thread_functions) < 0) {
         return -1;
     }
     Py_INCREF(&SamplerType);

@@ -29,13 +29,16 @@ Labels = tuple  # ((key, value), ...)
 class CountProfile(registry.Profile):
     supports_delta = True
 
-    def counted_stacks(self) -> Iterable[tuple[tuple[Frame, ...], Labels, int]]:
-        """(frames leaf first, labels, count) entries; equal entries are summed."""
+    def counted_stacks(
+        self, include_self: bool = False
+    ) -> Iterable[tuple[tuple[Frame, ...], Labels, int]]:
+        """(frames leaf first, labels, count) entries; equal entries are summed. pyprofiler's own
+        threads are left out unless `include_self`."""
         raise NotImplementedError
 
-    def snapshot(self, seconds: float | None = None) -> Snapshot:
+    def snapshot(self, seconds: float | None = None, include_self: bool = False) -> Snapshot:
         counts: Counter = Counter()
-        for frames, labels, count in self.counted_stacks():
+        for frames, labels, count in self.counted_stacks(include_self):
             counts[(frames, labels)] += count
         value_type = ValueType(self.name, "count")
         samples = [Sample(frames, (count,), labels) for (frames, labels), count in counts.items()]
@@ -48,9 +51,9 @@ class CountProfile(registry.Profile):
             samples=samples,
         )
 
-    def text(self, debug: int) -> Iterable[str]:
+    def text(self, debug: int, include_self: bool = False) -> Iterable[str]:
         counts: Counter = Counter()
-        for frames, _, count in self.counted_stacks():
+        for frames, _, count in self.counted_stacks(include_self):
             counts[frames] += count
         groups = [(count, frames) for frames, count in counts.items()]
         return [count_text(self.name, sum(counts.values()), groups)]
@@ -59,6 +62,7 @@ class CountProfile(registry.Profile):
 class GoroutineProfile(CountProfile):
     name = "goroutine"
     pauses_gc = True  # Tens of thousands of tasks: see stalls.
+    lists_threads = True
     description = (
         "Stack traces of all current goroutines. Use debug=2 as a query parameter to export in "
         "the same format as an unrecovered panic."
@@ -66,26 +70,28 @@ class GoroutineProfile(CountProfile):
 
     def count(self) -> int:
         return (
-            len(sys._current_frames())
+            goroutines.thread_count()
             + len(goroutines.pending_tasks())
             + len(goroutines.suspended_greenlets())
         )
 
-    def counted_stacks(self) -> Iterator[tuple[tuple[Frame, ...], Labels, int]]:
+    def counted_stacks(
+        self, include_self: bool = False
+    ) -> Iterator[tuple[tuple[Frame, ...], Labels, int]]:
         namer = FrameNamer()
-        for g in goroutines.goroutines():
+        for g in goroutines.goroutines(include_self):
             yield namer.stack(g.stack), (("kind", g.kind), (g.kind, g.name)), 1
 
-    def text(self, debug: int) -> Iterable[str]:
+    def text(self, debug: int, include_self: bool = False) -> Iterable[str]:
         if debug < 2:
-            return super().text(debug)
-        return self._dump()
+            return super().text(debug, include_self)
+        return self._dump(include_self)
 
-    def _dump(self) -> Iterator[str]:
+    def _dump(self, include_self: bool) -> Iterator[str]:
         namer = FrameNamer()
         requester = creation.current_goroutine_id()
         # The goroutine that asked comes first, as in Go's dump.
-        everything = sorted(goroutines.goroutines(), key=lambda g: g.id != requester)
+        everything = sorted(goroutines.goroutines(include_self), key=lambda g: g.id != requester)
         yield from goroutine_dump(
             GoroutineText(
                 g.id,
@@ -105,19 +111,19 @@ class GoroutineProfile(CountProfile):
 class ThreadCreateProfile(CountProfile):
     name = "threadcreate"
     description = "Stack traces that led to the creation of new OS threads"
+    lists_threads = True
 
     def count(self) -> int:
-        return sum(creation.threadcreate_counts.values()) + creation.threadcreate_dropped
+        return sum(count for _, count in creation.threadcreate_entries(include_self=False))
 
-    def counted_stacks(self) -> list[tuple[tuple[Frame, ...], Labels, int]]:
+    def counted_stacks(
+        self, include_self: bool = False
+    ) -> list[tuple[tuple[Frame, ...], Labels, int]]:
         namer = FrameNamer()
-        entries = [
-            (namer.stack(stack), (), count)
-            for stack, count in list(creation.threadcreate_counts.items())
+        return [
+            (namer.stack(stack) if stack is not None else (_THREADCREATE_FULL,), (), count)
+            for stack, count in creation.threadcreate_entries(include_self)
         ]
-        if creation.threadcreate_dropped:
-            entries.append(((_THREADCREATE_FULL,), (), creation.threadcreate_dropped))
-        return entries
 
 
 class CustomProfile(CountProfile):
@@ -150,7 +156,9 @@ class CustomProfile(CountProfile):
         with self._lock:
             self._stacks.pop(value, None)
 
-    def counted_stacks(self) -> list[tuple[tuple[Frame, ...], Labels, int]]:
+    def counted_stacks(
+        self, include_self: bool = False
+    ) -> list[tuple[tuple[Frame, ...], Labels, int]]:
         with self._lock:
             stacks = list(self._stacks.values())
         namer = FrameNamer()

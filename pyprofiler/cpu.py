@@ -1,8 +1,10 @@
 """The CPU and wall profiles: `runtime/pprof`'s StartCPUProfile/StopCPUProfile and the registry
 entries behind /debug/pprof/profile and /debug/pprof/wall.
 
-Each kind has one sampler, shared by every window open on it: a profile taken from the API or
-over HTTP (one at a time per kind, as Go's) and the periodic writer's windows. Opening or
+Each kind has one sampler, shared by every window open on it: profiles taken over HTTP or
+from the registry (several at once: two scrapers asking for 14-second CPU profiles every 15
+seconds both get theirs, where Go refuses the second), the one of start_cpu_profile (one at a
+time, as Go's StartCPUProfile) and the periodic writer's windows. Opening or
 closing a window cuts the sampler's table (StackSampler.cut) and hands what it held to every
 window open, so windows that follow each other neither miss nor count twice anything between
 them. When the last window closes the sampler goes on for LINGER_SECONDS: a profile started in
@@ -14,10 +16,9 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import IO
 
-from pyprofiler import proto, registry
+from pyprofiler import creation, hangup, proto, registry
 from pyprofiler.errors import ProfilerBusyError, PyprofilerError
 from pyprofiler.snapshot import Snapshot, merge
 from pyprofiler.stack_sampler import CpuSampler, StackSampler, WallSampler
@@ -33,13 +34,17 @@ _api_window: Window | None = None
 
 
 class Window:
-    """An open profile over one kind's sampler: what the sampler recorded since it opened."""
+    """An open profile over one kind's sampler: what the sampler recorded since it opened
+    (pyprofiler's own threads only if `include_self`)."""
 
-    def __init__(self, exclusive: bool) -> None:
+    def __init__(self, exclusive: bool, include_self: bool = False) -> None:
         self.exclusive = exclusive
+        self.include_self = include_self
         self.recorded: Snapshot | None = None
 
     def add(self, part: Snapshot) -> None:
+        if not self.include_self:
+            part = part.without_threads(creation.OWN_THREAD_PREFIX)
         self.recorded = part if self.recorded is None else merge([self.recorded, part])
 
 
@@ -56,10 +61,10 @@ class _Recorder:
     def busy(self) -> bool:
         return any(window.exclusive for window in self.windows)
 
-    def open(self, exclusive: bool, hz: int) -> Window:
+    def open(self, exclusive: bool, hz: int, include_self: bool) -> Window:
         if exclusive and self.busy():
             raise ProfilerBusyError(f"{self.kind} profiling already in use")
-        window = Window(exclusive)
+        window = Window(exclusive, include_self)
         if self.sampler is not None and not self.windows and self.sampler.hz != hz:
             self._stop_sampler()  # The rate changed while it lingered.
         part = self.sampler.cut() if self.sampler is not None else None
@@ -74,6 +79,7 @@ class _Recorder:
                 window.add(self.lingering)
         self.lingering = None
         self.windows.append(window)
+        self._sample_own_threads()
         return window
 
     def take(self, window: Window) -> Snapshot:
@@ -89,6 +95,7 @@ class _Recorder:
     def close(self, window: Window) -> Snapshot:
         recorded = self.take(window)
         self.windows.remove(window)
+        self._sample_own_threads()
         if not self.windows:
             self.lingering = None
             assert self.sampler is not None
@@ -100,6 +107,11 @@ class _Recorder:
             self.lingering = part if self.lingering is None else merge([self.lingering, part])
         for window in self.windows:
             window.add(part)
+
+    def _sample_own_threads(self) -> None:
+        """pyprofiler's own threads are sampled while a window wants them, and only then."""
+        if self.sampler is not None:
+            self.sampler.include_own_threads(any(w.include_self for w in self.windows))
 
     def _stop_sampler(self) -> None:
         sampler, self.sampler, self.lingering = self.sampler, None, None
@@ -114,13 +126,16 @@ class _Recorder:
 _recorders = {"cpu": _Recorder("cpu", CpuSampler), "wall": _Recorder("wall", WallSampler)}
 
 
-def open_window(kind: str, exclusive: bool = True, hz: int | None = None) -> Window:
-    """Start recording `kind` ("cpu" or "wall") into a new window. An exclusive window (a
-    profile, as Go's) fails with ProfilerBusyError while another exclusive one of its kind is
-    open; the periodic writer's windows are not exclusive. `hz` (set_cpu_profile_rate()'s by
-    default) applies when the sampler starts; windows opened while it runs share its rate."""
+def open_window(
+    kind: str, exclusive: bool = True, hz: int | None = None, include_self: bool = False
+) -> Window:
+    """Start recording `kind` ("cpu" or "wall") into a new window. An exclusive window
+    (start_cpu_profile's, as Go's) fails with ProfilerBusyError while another exclusive one of
+    its kind is open; other windows open at any time. `hz` (set_cpu_profile_rate()'s by
+    default) applies when the sampler starts; windows opened while it runs share its rate.
+    pyprofiler's own threads are left out unless `include_self`."""
     with _lock:
-        return _recorders[kind].open(exclusive, _rate if hz is None else hz)
+        return _recorders[kind].open(exclusive, _rate if hz is None else hz, include_self)
 
 
 def take_window(kind: str, window: Window) -> Snapshot:
@@ -135,10 +150,10 @@ def close_window(kind: str, window: Window) -> Snapshot:
         return _recorders[kind].close(window)
 
 
-def busy(kind: str) -> bool:
-    """Whether a profile of `kind` is being taken (another one would be refused)."""
+def windows_open(kind: str) -> int:
+    """How many profiles of `kind` are being taken."""
     with _lock:
-        return _recorders[kind].busy()
+        return len(_recorders[kind].windows)
 
 
 def stop_all() -> None:
@@ -200,10 +215,12 @@ class TimedProfile(registry.Profile):
     kind = ""
     title = ""
 
-    def snapshot(self, seconds: float | None = None) -> Snapshot:
-        window = open_window(self.kind)
+    lists_threads = True
+
+    def snapshot(self, seconds: float | None = None, include_self: bool = False) -> Snapshot:
+        window = open_window(self.kind, exclusive=False, include_self=include_self)
         try:
-            time.sleep(30 if seconds is None else seconds)
+            hangup.sleep(30 if seconds is None else seconds)  # Ends early if the client goes.
         finally:
             snapshot = close_window(self.kind, window)
         return snapshot

@@ -4,6 +4,10 @@
 wrapped to record the creating stack, the creating thread or task, and the time. Threads and
 tasks also get small goroutine-style ids here, so that "created by ... in goroutine N" can name
 the creator. Records live on (or are weakly keyed by) the thread or task, so they go away with it.
+
+pyprofiler's own threads are the threads named `pyprofiler-...`: each registers itself here as
+it starts running and unregisters before it ends, so that the profiles that list threads can
+leave them out (the native sampler reads the same set, published to it, without the GIL).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 import types
 import weakref
 from typing import NamedTuple
+
+from pyprofiler.native import native
 
 MAX_CREATION_FRAMES = 32
 # Distinct stacks kept for the threadcreate profile; later new stacks are counted under one entry.
@@ -41,9 +47,30 @@ _low_level_creation: dict[int, CreationInfo] = {}  # ident -> info, for _thread 
 # ident -> kernel thread id where threading has none (_thread threads) or a stale one (the
 # thread that forked: threading keeps the parent's id for it in the child).
 _native_ids: dict[int, int] = {}
+# The prefix of the names of pyprofiler's own threads, which profiles leave out by default.
+OWN_THREAD_PREFIX = "pyprofiler-"
+_own_lock = threading.Lock()
+_own_threads: dict[int, int] = {}  # ident -> kernel thread id, while each runs
+
+
+class CreationCounts:
+    """Thread starts counted by creating stack, at most MAX_THREADCREATE_STACKS stacks; later
+    new stacks are only counted in `dropped`."""
+
+    def __init__(self) -> None:
+        self.counts: dict[RawStack, int] = {}
+        self.dropped = 0
+
+    def add(self, stack: RawStack) -> None:
+        if stack in self.counts or len(self.counts) < MAX_THREADCREATE_STACKS:
+            self.counts[stack] = self.counts.get(stack, 0) + 1
+        else:
+            self.dropped += 1
+
+
 _threadcreate_lock = threading.Lock()
-threadcreate_counts: dict[RawStack, int] = {}
-threadcreate_dropped = 0
+threadcreate = CreationCounts()  # The program's threads.
+own_threadcreate = CreationCounts()  # pyprofiler's own.
 
 
 def goroutine_id(owner: object) -> int:
@@ -98,13 +125,72 @@ def _created_here(skip: int) -> CreationInfo:
     return CreationInfo(raw_stack(frame), current_goroutine_id(), time.time_ns())
 
 
-def _count_threadcreate(stack: RawStack) -> None:
-    global threadcreate_dropped
+def _count_threadcreate(stack: RawStack, own: bool = False) -> None:
     with _threadcreate_lock:
-        if stack in threadcreate_counts or len(threadcreate_counts) < MAX_THREADCREATE_STACKS:
-            threadcreate_counts[stack] = threadcreate_counts.get(stack, 0) + 1
-        else:
-            threadcreate_dropped += 1
+        (own_threadcreate if own else threadcreate).add(stack)
+
+
+def threadcreate_entries(include_self: bool) -> list[tuple[RawStack, int]]:
+    """(creating stack, count) of the thread starts counted so far; pyprofiler's own threads
+    only with `include_self`. A stack None stands for the starts that no longer fitted."""
+    with _threadcreate_lock:
+        tables = (threadcreate, own_threadcreate) if include_self else (threadcreate,)
+        entries: list[tuple[RawStack, int]] = []
+        for table in tables:
+            entries.extend(table.counts.items())
+            if table.dropped:
+                entries.append((None, table.dropped))
+    return entries
+
+
+def is_own_thread_name(name: str) -> bool:
+    return name.startswith(OWN_THREAD_PREFIX)
+
+
+def is_own_thread(ident: int, thread: threading.Thread | None) -> bool:
+    """Whether the thread `ident` is one of pyprofiler's: registered, or named as one (a thread
+    of ours about to register itself)."""
+    return ident in _own_threads or (thread is not None and is_own_thread_name(thread.name))
+
+
+def own_thread_name(name: str) -> str:
+    """`name` for one of pyprofiler's threads, prefixed if it is not already."""
+    return name if is_own_thread_name(name) else OWN_THREAD_PREFIX + name
+
+
+def _publish_own_threads() -> None:
+    """Under _own_lock: hand the set to the native samplers, which read it without the GIL."""
+    if native is not None:
+        native.set_own_threads(tuple(_own_threads.items()))
+
+
+def _own_thread_started(ident: int, tid: int) -> None:
+    with _own_lock:
+        _own_threads[ident] = tid
+        _publish_own_threads()
+
+
+def _own_thread_ended(ident: int) -> None:
+    with _own_lock:
+        _own_threads.pop(ident, None)
+        _publish_own_threads()
+
+
+def _run_as_own_thread(thread: threading.Thread) -> None:
+    """Make `thread` register itself as pyprofiler's while it runs. From inside the thread:
+    registered before it runs code of its own, and gone before its ident can be reused."""
+    run = thread.run
+
+    def run_registered() -> None:
+        ident = _thread.get_ident()
+        _own_thread_started(ident, threading.get_native_id())
+        try:
+            run()
+        finally:
+            _own_thread_ended(ident)
+            thread.__dict__.pop("run", None)  # The wrapper and the thread refer to each other.
+
+    thread.run = run_registered  # type: ignore[method-assign]
 
 
 def native_id(ident: int, thread: threading.Thread | None) -> int | None:
@@ -141,12 +227,17 @@ def _thread_start(self: threading.Thread) -> None:
     previous = getattr(self, "_pyprofiler_creation", None)
     self._pyprofiler_creation = info  # type: ignore[attr-defined]
     goroutine_id(self)
+    own = is_own_thread_name(self.name) and "run" not in self.__dict__
+    if own:
+        _run_as_own_thread(self)
     try:
         _original_thread_start(self)
     except BaseException:  # Not started (started twice, say): it keeps its real creator.
         self._pyprofiler_creation = previous  # type: ignore[attr-defined]
+        if own:
+            self.__dict__.pop("run", None)
         raise
-    _count_threadcreate(info.stack)  # Only a start that worked created a thread.
+    _count_threadcreate(info.stack, own)  # Only a start that worked created a thread.
 
 
 @functools.wraps(_original_start_new_thread)
@@ -177,10 +268,18 @@ def _create_task(self: asyncio.AbstractEventLoop, coro, *args, **kwargs) -> asyn
 
 
 def _after_fork_in_child() -> None:
-    global _threadcreate_lock
+    global _threadcreate_lock, _own_lock
     _threadcreate_lock = threading.Lock()
     _native_ids.clear()
     _native_ids[threading.get_ident()] = threading.get_native_id()
+    # Only the forking thread runs in the child, under the kernel id it has here.
+    _own_lock = threading.Lock()
+    ident = threading.get_ident()
+    own = ident in _own_threads
+    _own_threads.clear()
+    if own:
+        _own_threads[ident] = threading.get_native_id()
+    _publish_own_threads()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from typing import Callable, NamedTuple
 
 import psutil
 
-from pyprofiler import proto
+from pyprofiler import hangup, proto, turns
 from pyprofiler.group import MemberGone, PortGroup, exited
 from pyprofiler.snapshot import Snapshot, merge
 from pyprofiler.stalls import gc_paused
@@ -33,6 +34,8 @@ ANSWER_GRACE = 30.0
 # How long a member may take to say who it is, or to look up symbols (a stopped member must
 # not hold up the index page for long).
 _QUICK_ANSWER = 5.0
+# How often a request to the members checks whether its own client has gone away.
+_HANGUP_POLL = 0.05
 _PROFILE_CONTENT_TYPE = "application/octet-stream"
 _FILENAME = re.compile(r'filename="([^"]*)"')
 
@@ -100,9 +103,24 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         super().__init__("localhost", timeout=timeout)
         self._group = group
         self._pid = pid
+        self._lock = threading.Lock()
+        self._aborted = False
 
     def connect(self) -> None:
-        self.sock = self._group.connect(self._pid, self.timeout)
+        with self._lock:
+            if self._aborted:
+                raise ConnectionAbortedError("the client of this request went away")
+            self.sock = self._group.connect(self._pid, self.timeout)
+
+    def abort(self) -> None:
+        """From another thread: end the request (the member sees its client go away)."""
+        with self._lock:
+            self._aborted = True
+            if self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def ask(
@@ -112,10 +130,12 @@ def ask(
     timeout: float,
     method: str = "GET",
     body: bytes | None = None,
+    connection: _UnixHTTPConnection | None = None,
 ) -> Answer:
     """One request to one member. Raises MemberGone if it no longer listens (a stale socket,
     not worth reporting), MemberLost if it fails or exits while answering."""
-    connection = _UnixHTTPConnection(group, pid, timeout)
+    if connection is None:
+        connection = _UnixHTTPConnection(group, pid, timeout)
     try:
         connection.request(method, target, body=body)
         response = connection.getresponse()
@@ -158,13 +178,16 @@ def _ask_all(
     timeout: float,
     method: str = "GET",
     body: bytes | None = None,
+    stop: hangup.Signal | None = None,
 ) -> dict[int, Answer | str | None]:
-    """Ask `pids` at once: pid -> its Answer, the reason it was lost, or None if it is gone."""
+    """Ask `pids` at once: pid -> its Answer, the reason it was lost, or None if it is gone.
+    When `stop` is set (the client went away), every request is ended."""
     results: dict[int, Answer | str | None] = {}
+    connections = {pid: _UnixHTTPConnection(group, pid, timeout) for pid in pids}
 
     def ask_one(pid: int) -> None:
         try:
-            results[pid] = ask(group, pid, target, timeout, method, body)
+            results[pid] = ask(group, pid, target, timeout, method, body, connections[pid])
         except MemberGone:
             results[pid] = None
         except MemberLost as exc:
@@ -180,11 +203,26 @@ def _ask_all(
         thread.start()
     # Each request is bounded by its socket timeout; this bound is for what no timeout covers.
     deadline = time.monotonic() + timeout + 10
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    with turns.waiting():  # On the members.
+        _wait_for(threads, deadline, connections, stop)
     for pid in pids:
         results.setdefault(pid, f"no answer within {timeout + 10:.0f} s")
     return results
+
+
+def _wait_for(
+    threads: list[threading.Thread],
+    deadline: float,
+    connections: dict[int, _UnixHTTPConnection],
+    stop: hangup.Signal | None,
+) -> None:
+    for thread in threads:
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(min(_HANGUP_POLL, max(0.0, deadline - time.monotonic())))
+            if stop is not None and stop.is_set():
+                for connection in connections.values():
+                    connection.abort()
+                stop = None
 
 
 class Fanout:
@@ -204,14 +242,22 @@ class Fanout:
     ) -> Answer:
         """One member's own answer to `target`, passed through (a lost member is a 500)."""
         try:
-            return ask(self.group, pid, target, timeout, method, body or None)
+            with turns.waiting():  # On the member.
+                return ask(self.group, pid, target, timeout, method, body or None)
         except (MemberGone, MemberLost) as exc:
             return _lost_answer([(pid, str(exc))])
 
-    def gather(self, target: str, timeout: float, pids: list[int] | None = None) -> Answer:
-        """Every member's (or `pids`') answer to a profile request, made one."""
+    def gather(
+        self,
+        target: str,
+        timeout: float,
+        pids: list[int] | None = None,
+        stop: hangup.Signal | None = None,
+    ) -> Answer:
+        """Every member's (or `pids`') answer to a profile request, made one; every member's
+        profile ends when `stop` is set."""
         pids = self.group.members() if pids is None else pids
-        results = _ask_all(self.group, pids, target, timeout)
+        results = _ask_all(self.group, pids, target, timeout, stop=stop)
         answered: list[tuple[int, Answer]] = []
         failed: list[tuple[int, Answer]] = []
         lost: list[tuple[int, str]] = []

@@ -59,15 +59,17 @@ class FrameNamer:
                     index.setdefault(function.__code__, function.__qualname__)
         return index.get(code, code.co_name)
 
-    def frame(self, code: types.CodeType, line: int, module: str | None = None) -> Frame:
-        """The Frame for a code object and line; without `module`, it is found by file name."""
+    def frame(self, code: types.CodeType, line: int | None, module: str | None = None) -> Frame:
+        """The Frame for a code object and line; without `module`, it is found by file name. A
+        line that is not known (None or -1: code without a line table) is 0, Go's "unknown"."""
         if module is None:
             if self._modules_by_filename is None:
                 self._modules_by_filename = modules_by_filename()
             module = self._modules_by_filename.get(code.co_filename)
         qualname = self._qualname(code, module)
         name = f"{module}.{qualname}" if module else qualname
-        return Frame(name, code.co_filename, code.co_firstlineno, line or 0)
+        known_line = line if line is not None and line > 0 else 0
+        return Frame(name, code.co_filename, code.co_firstlineno, known_line)
 
     def stack(self, raw: tuple) -> tuple[Frame, ...]:
         """Frames for a ((code, line), ...) stack; `raw` keeps its code objects alive."""

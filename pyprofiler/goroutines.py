@@ -99,7 +99,9 @@ def _position(awaitable: object) -> tuple[types.CodeType, int] | None:
         line = native.suspended_line(awaitable)
     else:
         frame = getattr(awaitable, _CODE_ATTRIBUTES[type(awaitable)][:2] + "_frame")
-        line = frame.f_lineno if frame is not None else None
+        if frame is None:
+            return None
+        line = frame.f_lineno or 0  # None: code without a line table.
     return None if line is None else (code, line)
 
 
@@ -143,6 +145,17 @@ def _proc_task(tid: int, name: str) -> str | None:
         return None
 
 
+def _source_line(filename: str, line: int | None) -> str:
+    """The text of a line, or "" where there is none to read: no line number (code without a
+    line table), a name that is no path (`<string>`, lone surrogates), a loader that fails."""
+    if not line:
+        return ""
+    try:
+        return linecache.getline(filename, line)
+    except Exception:  # linecache may call any module loader's get_source().
+        return ""
+
+
 def thread_state(tid: int | None, top: types.FrameType | None) -> str:
     """Go-style state from the kernel's view of the thread and its top Python frame."""
     stat = _proc_task(tid, "stat") if tid else None
@@ -156,7 +169,7 @@ def thread_state(tid: int | None, top: types.FrameType | None) -> str:
     wchan = (_proc_task(tid, "wchan") or "").strip()
     state = _WCHAN_STATES.get(wchan)
     if state == "waiting on lock" and top is not None:
-        line = linecache.getline(top.f_code.co_filename, top.f_lineno)
+        line = _source_line(top.f_code.co_filename, top.f_lineno)
         if not any(call in line for call in _LOCK_CALLS):
             return "runnable"  # Parked on a futex waiting for the GIL, not on a lock.
     if state is None:
@@ -195,17 +208,29 @@ def _thread_goroutine(ident: int, top: types.FrameType, by_ident: dict) -> Gorou
     )
 
 
-def threads() -> list[Goroutine]:
+def threads(include_self: bool = False) -> list[Goroutine]:
+    """Every thread running Python code; pyprofiler's own only with `include_self`."""
     frames = sys._current_frames()
     try:
         by_ident = dict(threading._active)  # type: ignore[attr-defined]
-        result = [_thread_goroutine(ident, top, by_ident) for ident, top in frames.items()]
+        result = [
+            _thread_goroutine(ident, top, by_ident)
+            for ident, top in frames.items()
+            if include_self or not creation.is_own_thread(ident, by_ident.get(ident))
+        ]
         creation.forget_untracked_except(set(frames))
         return result
     finally:
         # The dict holds this very frame: kept, the two would form a cycle that keeps the locals
         # of every caller (a whole profile being built) alive until a collection finds it.
         del frames
+
+
+def thread_count() -> int:
+    """How many threads threads() lists (pyprofiler's own left out)."""
+    by_ident = threading._active  # type: ignore[attr-defined]
+    idents = list(sys._current_frames())  # The frames themselves are not kept.
+    return sum(not creation.is_own_thread(ident, by_ident.get(ident)) for ident in idents)
 
 
 def tasks() -> Iterator[Goroutine]:
@@ -230,13 +255,15 @@ def suspended_greenlets() -> list:
     if greenlet_module is None:
         return []
     greenlet_type = greenlet_module.greenlet
-    # Greenlets keep no registry of themselves: find them among the collector's objects.
+    # Greenlets keep no registry of themselves: find them among the collector's objects. By
+    # their type, never isinstance(): that asks a proxy for its __class__, and a lazy one (as
+    # Django's settings) runs code of its own, which may raise.
     everything = gc.get_objects()
     try:
         return [
             candidate
             for candidate in everything
-            if isinstance(candidate, greenlet_type) and candidate.gr_frame is not None
+            if issubclass(type(candidate), greenlet_type) and candidate.gr_frame is not None
         ]
     finally:
         release_gradually(everything)
@@ -258,6 +285,7 @@ def greenlets() -> Iterator[Goroutine]:
         )
 
 
-def goroutines() -> Iterator[Goroutine]:
-    """All threads, then all pending tasks, then all switched-out greenlets."""
-    return itertools.chain(threads(), tasks(), greenlets())
+def goroutines(include_self: bool = False) -> Iterator[Goroutine]:
+    """All threads (pyprofiler's own only with `include_self`), then all pending tasks, then all
+    switched-out greenlets."""
+    return itertools.chain(threads(include_self), tasks(), greenlets())

@@ -24,6 +24,7 @@ from pyprofiler import registry
 from pyprofiler.errors import ProfileUnavailableError
 from pyprofiler.frames import FrameNamer, modules_by_filename
 from pyprofiler.native import native as _native
+from pyprofiler.native import unavailable_reason
 from pyprofiler.render_text import HeapRecord, heap_text
 from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
 
@@ -135,7 +136,7 @@ def _native_snapshot(default_sample_type: str) -> Snapshot:
 def _tracemalloc_snapshot() -> Snapshot:
     if not tracemalloc.is_tracing():
         raise ProfileUnavailableError(
-            "heap profiling is off: pyprofiler's native extension was not built, and its "
+            f"heap profiling is off: pyprofiler's native extension {unavailable_reason}, and its "
             "tracemalloc fallback starts only with pyprofiler.set_mem_profile_rate(1)"
         )
     modules = modules_by_filename()
@@ -216,7 +217,7 @@ class HeapProfile(registry.Profile):
     def __init__(self) -> None:
         if not NATIVE:
             self.description += (
-                " (tracemalloc fallback: the native extension is not built; start it with "
+                f" (tracemalloc fallback: the native extension {unavailable_reason}; start it with "
                 "pyprofiler.set_mem_profile_rate(1))"
             )
 
@@ -233,7 +234,8 @@ class HeapProfile(registry.Profile):
     def text(self, debug: int) -> list[str]:
         if _native is None:
             raise ProfileUnavailableError(
-                "the debug=1 heap text needs pyprofiler's native extension, which was not built"
+                f"the debug=1 heap text needs pyprofiler's native extension, which "
+                f"{unavailable_reason}"
             )
         return [heap_text(records(), _native.get_rate(), memstats())]
 
@@ -245,13 +247,13 @@ class AllocsProfile(HeapProfile):
 
     def __init__(self) -> None:
         if not NATIVE:
-            self.description += " (unavailable: the native extension is not built)"
+            self.description += f" (unavailable: the native extension {unavailable_reason})"
 
     def snapshot(self, seconds: float | None = None) -> Snapshot:
         if _native is None:
             raise ProfileUnavailableError(
-                "the allocs profile needs pyprofiler's native extension, which was not built "
-                "(no C compiler at install time); tracemalloc cannot see freed allocations"
+                f"the allocs profile needs pyprofiler's native extension, which "
+                f"{unavailable_reason}; tracemalloc cannot see freed allocations"
             )
         return _native_snapshot(self.default_sample_type)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import sys
 from typing import IO
 
 from pyprofiler import symbols
 from pyprofiler._proto import profile_pb2
-from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
+from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType, escaped
+
+# The name of the profiles' one mapping: no file's, bracketed as the kernel names mappings
+# without a file ("[vdso]", "[heap]"), which pprof never tries to symbolize.
+MAPPING_NAME = "[python]"
 
 
 class _ProfileBuilder:
@@ -25,11 +28,7 @@ class _ProfileBuilder:
         index = self._strings.get(text)
         if index is None:
             index = self._strings[text] = len(self.profile.string_table)
-            try:
-                self.profile.string_table.append(text)
-            except UnicodeEncodeError:  # A file name that was not UTF-8 (surrogate escapes).
-                valid = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                self.profile.string_table.append(valid)
+            self.profile.string_table.append(escaped(text))  # protobuf strings are UTF-8.
         return index
 
     def value_type(self, message: profile_pb2.ValueType, value: ValueType) -> None:
@@ -53,7 +52,7 @@ class _ProfileBuilder:
         if location_id is None:
             location_id = self._locations[location_key] = len(self._locations) + 1
             address = symbols.location_address(frame.function, frame.filename, frame.line)
-            symbols.remember(address, frame.function)
+            symbols.remember(address, escaped(frame.function))
             location = self.profile.location.add(id=location_id, mapping_id=1, address=address)
             location.line.add(function_id=function_id, line=frame.line)
         return location_id
@@ -81,11 +80,13 @@ def encode(snapshot: Snapshot) -> bytes:
     if snapshot.default_sample_type:
         profile.default_sample_type = builder.string(snapshot.default_sample_type)
     profile.comment.extend(builder.string(c) for c in snapshot.comments)
-    # One mapping for the interpreter, fully symbolized, so that pprof never tries to
-    # symbolize the synthetic addresses against a binary.
+    # One mapping for every location, fully symbolized, so that pprof never looks for symbols
+    # for the synthetic addresses. Its name is no file's: pprof disassembles the mapping's file
+    # wherever it can open one (the interpreter's binary, at addresses that mean nothing there)
+    # and reads the source files named by the functions only where it cannot.
     profile.mapping.add(
         id=1,
-        filename=builder.string(sys.executable or "python"),
+        filename=builder.string(MAPPING_NAME),
         has_functions=True,
         has_filenames=True,
         has_line_numbers=True,

@@ -1,7 +1,8 @@
 """Go's legacy text layouts (`?debug=1`), written through a port of Go's text/tabwriter.
 
 `go tool pprof` parses the record lines (`count: bytes [...] @ addresses`); the `#` frame lines
-are for people and are aligned exactly as Go aligns them.
+are for people and are aligned exactly as Go aligns them. Texts may hold lone surrogates (names
+as the program has them): whoever encodes them escapes those (`encode_text`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from pyprofiler import symbols
-from pyprofiler.snapshot import Frame
+from pyprofiler.snapshot import Frame, escaped
 
 _TAB_WIDTH = 8
 _PADDING = 1
+
+
+def encode_text(text: str) -> bytes:
+    """A text form's bytes: UTF-8, a lone surrogate escaped as `escaped` escapes it."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _set_widths(
@@ -61,11 +67,12 @@ def frame_lines(frames: Iterable[Frame]) -> tuple[list[str], list[str]]:
     addresses, lines = [], []
     for frame in frames:
         address = symbols.location_address(frame.function, frame.filename, frame.line)
-        symbols.remember(address, frame.function)
+        function = escaped(frame.function)  # Escaped before the columns are measured.
+        symbols.remember(address, function)
         # Go lists return addresses, one past the call, and pprof subtracts 1 before it asks
         # /symbol for a name; the `#` lines show the location itself.
         addresses.append(f"{address + 1:#x}")
-        lines.append(f"#\t{address:#x}\t{frame.function}\t{frame.filename}:{frame.line}")
+        lines.append(f"#\t{address:#x}\t{function}\t{escaped(frame.filename)}:{frame.line}")
     return addresses, lines
 
 

@@ -13,6 +13,16 @@ from typing import NamedTuple
 from pyprofiler.stalls import release_gradually
 
 
+def escaped(text: str) -> str:
+    """`text` as UTF-8 can carry it. Names may hold lone surrogates (a file name's undecodable
+    byte, a name built at run time): each becomes a backslash escape, as `\\udce9`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class Frame(NamedTuple):
     """One stack frame: a function (name, file, first line) and the line being executed."""
 
@@ -54,6 +64,15 @@ class Snapshot:
     def with_labels(self, labels: tuple[tuple[str, str], ...]) -> Snapshot:
         """The same profile with `labels` added to every sample (e.g. the process's pid)."""
         samples = [s._replace(labels=labels + s.labels) for s in self.samples]
+        return replace(self, samples=samples)
+
+    def without_threads(self, prefix: str) -> Snapshot:
+        """The same profile without the samples whose `thread` label starts with `prefix`."""
+        samples = [
+            s
+            for s in self.samples
+            if not any(key == "thread" and value.startswith(prefix) for key, value in s.labels)
+        ]
         return replace(self, samples=samples)
 
     def total(self, sample_type: str) -> int:

@@ -10,6 +10,9 @@ CPU: each tick, every thread's CPU clock is read; a thread that used CPU since t
 gets its current stack recorded, weighted by the nanoseconds it used, so idle threads never
 appear and the profile's total matches the CPU the process spent. Wall: every thread's stack is
 recorded each tick, weighted by the wall time since the previous tick.
+
+pyprofiler's own threads (creation.OWN_THREAD_PREFIX) are not sampled unless
+include_own_threads(True) says so; the sampler threads never sample themselves or each other.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class StackSampler:
         self.error: str | None = None
         self.stats: dict[str, int] = {}  # The native sampler's account of itself, once stopped.
         self._native = native.StackSampler(hz, self.wall) if _reads_without_gil else None
+        self._include_own = False
         # The Python thread's state:
         self.table = StackTable()
         self._stopping = threading.Event()
@@ -128,6 +132,13 @@ class StackSampler:
             samples = table.samples()
         return self._window(samples, end_wall_ns, end_ns)
 
+    def include_own_threads(self, include: bool) -> None:
+        """Whether pyprofiler's own threads are sampled from now on (by default not). Their
+        samples are named after them, `pyprofiler-...`, so that a window can leave them out."""
+        self._include_own = include
+        if self._native is not None:
+            self._native.include_own_threads(include)
+
     def expire_after(self, seconds: float) -> None:
         """End on its own `seconds` from now, discarding what was recorded since the last
         cut(), unless cut() or stop() comes first; stop() must still be called."""
@@ -166,21 +177,26 @@ class StackSampler:
         # that threading does not know are.
         threads = threading._active  # type: ignore[attr-defined]
 
-        def thread_name(ident: int, tid: int, alive: bool) -> str:
+        def thread_name(ident: int, tid: int, alive: bool, own: bool) -> str:
             thread = threads.get(ident) if alive else None
             if thread is not None:
-                return thread.name
-            return f"thread-{tid}" if tid else "[pyprofiler: thread table full]"
+                name = thread.name
+            elif tid:
+                name = f"thread-{tid}"
+            elif own:  # Ended before the sampler learnt its kernel id.
+                name = "thread"
+            else:
+                return "[pyprofiler: thread table full]"
+            return creation.own_thread_name(name) if own else name
 
         namer = FrameNamer()
         samples = []
-        for stack, ident, tid, alive, value, count in records:
+        for stack, ident, tid, alive, own, value, count in records:
             frames = namer.stack(stack) if stack is not None else (STACK_TABLE_FULL,)
-            samples.append(
-                Sample(frames, (count, value), (("thread", thread_name(ident, tid, alive)),))
-            )
-        for ident, tid, alive, cpu_ns in unseen:
-            labels = (("thread", thread_name(ident, tid, alive)),)
+            labels = (("thread", thread_name(ident, tid, alive, own)),)
+            samples.append(Sample(frames, (count, value), labels))
+        for ident, tid, alive, own, cpu_ns in unseen:
+            labels = (("thread", thread_name(ident, tid, alive, own)),)
             samples.append(Sample((NOT_SEEN_ON_A_CPU,), (0, cpu_ns), labels))
         return samples
 
@@ -264,6 +280,8 @@ class CpuSampler(StackSampler):
                 continue
             key = (ident, tid)
             current[key] = cpu
+            if not self._include_own and creation.is_own_thread(ident, thread):
+                continue  # Its clock is still read: let in later, it is measured from then on.
             if previous is not None:
                 # A thread first seen now started after the previous tick: all its CPU is new.
                 used = cpu - previous.get(key, 0)
@@ -288,4 +306,6 @@ class WallSampler(StackSampler):
             if ident in _sampler_idents:
                 continue
             thread = threads.get(ident)
+            if not self._include_own and creation.is_own_thread(ident, thread):
+                continue
             self.table.add(frame, thread.name if thread else f"thread {ident}", elapsed)

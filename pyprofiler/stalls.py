@@ -21,9 +21,15 @@ from collections.abc import Iterator
 # Entries freed per slice: a few milliseconds of deallocation at most.
 _RELEASE_SLICE = 2048
 
+# While a profile is built, the youngest generation's threshold is this: no collection starts
+# (no build allocates a billion objects), yet gc.isenabled() and gc.disable()/gc.enable() stay
+# the application's, untouched. A distinctive value tells whether the application set a
+# threshold of its own meanwhile: then its setting stands.
+PAUSED_THRESHOLD = 1_000_000_007
+
 _gc_lock = threading.Lock()
 _gc_pausers = 0
-_gc_was_enabled = False
+_gc_threshold = 0  # The application's youngest-generation threshold, while paused.
 
 
 @contextlib.contextmanager
@@ -31,22 +37,36 @@ def gc_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector while a large profile is built.
 
     A full collection of a heap with tens of thousands of tasks holds the GIL for hundreds of
-    milliseconds. The pause lasts as long as the build (about a second at worst) and restores
-    whatever the program had set.
+    milliseconds. The pause lasts as long as the build (about a second at worst). It raises the
+    youngest generation's threshold rather than calling gc.disable(): the application's own
+    gc.disable()/gc.enable() then never interfere with it, and when the pause ends the threshold
+    is put back unless the application set one meanwhile, which stands.
     """
-    global _gc_pausers, _gc_was_enabled
+    global _gc_pausers
     with _gc_lock:
         if _gc_pausers == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
+            _pause()
         _gc_pausers += 1
     try:
         yield
     finally:
         with _gc_lock:
             _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_was_enabled:
-                gc.enable()
+            if _gc_pausers == 0:
+                _resume()
+
+
+def _pause() -> None:
+    global _gc_threshold
+    threshold, *older = gc.get_threshold()
+    _gc_threshold = threshold
+    gc.set_threshold(PAUSED_THRESHOLD, *older)
+
+
+def _resume() -> None:
+    threshold, *older = gc.get_threshold()
+    if threshold == PAUSED_THRESHOLD:  # Else the application set its own meanwhile.
+        gc.set_threshold(_gc_threshold, *older)
 
 
 def release_gradually(container: list | dict) -> None:
@@ -81,8 +101,8 @@ def _after_fork_in_child() -> None:
     # Only the forking thread survives: a pause that another thread held must not outlive it.
     global _gc_lock, _gc_pausers
     _gc_lock = threading.Lock()
-    if _gc_pausers and _gc_was_enabled:
-        gc.enable()
+    if _gc_pausers:
+        _resume()
     _gc_pausers = 0
 
 

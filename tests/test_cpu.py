@@ -273,21 +273,22 @@ def test_wall_profile_includes_idle_threads(tmp_path):
     assert SPIN in top_table(go_pprof(["-tagfocus", "thread=^spinner$", "-top"], path))
 
 
-def test_wall_profile_is_busy_while_running():
-    # The wall profile is one-at-a-time like CPU, and independent of it.
+def test_wall_profiles_overlap_and_are_independent_of_cpu():
+    # Several wall profiles run at once, each over its own window, beside a CPU profile.
     wall = pyprofiler.lookup("wall")
     result = {}
     thread = threading.Thread(target=lambda: result.update(s=wall.snapshot(seconds=1)))
     thread.start()
     try:
-        assert wait_until(lambda: cpu.busy("wall"), timeout=5)
-        with pytest.raises(pyprofiler.ProfilerBusyError, match="wall profiling already in use"):
-            wall.snapshot(seconds=1)
+        assert wait_until(lambda: cpu.windows_open("wall") == 1, timeout=5)
+        second = wall.snapshot(seconds=0.3)
         pyprofiler.start_cpu_profile(io.BytesIO())
         pyprofiler.stop_cpu_profile()
     finally:
         thread.join(timeout=10)
     assert result["s"].sample_types[1].type == "wall"
+    assert 0.9e9 < result["s"].duration_nanos < 2e9
+    assert 0.25e9 < second.duration_nanos < 0.8e9
 
 
 def recurse_then_spin(depth: int, stop: threading.Event) -> None:

@@ -28,7 +28,7 @@ import requests
 from conftest import go_pprof, pprof_traces, top_counts, wait_until
 
 import pyprofiler
-from pyprofiler import goroutines, registry
+from pyprofiler import goroutines, registry, stalls
 from pyprofiler.snapshot import Sample
 
 MOD = __name__
@@ -260,9 +260,15 @@ def test_full_dump_names_creator_age_and_state(server):
 
 
 def _delta_window_open() -> bool:
-    # The handler sleeps between its two snapshots, directly in write_delta (time.sleep is C).
+    # The handler waits between its two snapshots, at write_delta's sleep.
     code = registry.Profile.write_delta.__code__
-    return any(frame.f_code is code for frame in sys._current_frames().values())
+    waiting = line_of(registry.Profile.write_delta, "sleep(")
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code is code:
+                return frame.f_lineno == waiting
+            frame = frame.f_back
+    return False
 
 
 def test_delta_shows_exactly_the_threads_started_during_the_window(server, tmp_path):
@@ -537,6 +543,23 @@ def switched_out_greenlets(count: int):
 
 
 GREENLET_STACK = [f"{MOD}.parked_greenlet", f"{MOD}.greenlet_body"]
+
+
+class LazyProxy:
+    """As Django's lazy settings: asking for anything, __class__ included, runs code that may
+    raise."""
+
+    def __getattribute__(self, name: str) -> object:
+        raise RuntimeError(f"settings are not configured (asked for {name})")
+
+
+def test_greenlet_search_asks_no_object_for_its_class(server):
+    proxy = LazyProxy()
+    with switched_out_greenlets(2):
+        for path in ("goroutine", "goroutine?debug=1", "goroutine?debug=2", ""):
+            response = get(server, path)
+            assert response.status_code == 200, response.text
+    del proxy
 
 
 def test_switched_out_greenlets_are_goroutines(server, tmp_path):
@@ -897,3 +920,126 @@ def test_threads_and_tasks_from_before_import_have_no_creator(tmp_path):
     # Only threads started after the import are counted by threadcreate.
     assert threadcreate["__main__.start_late"] == (1, 1)
     assert threadcreate.get("__main__.<module>", (0, 0))[0] == 0
+
+
+# --- The application's collector settings are its own (stalls.gc_paused).
+
+
+class ChangesGcWhenNamed(threading.Thread):
+    """A thread whose name, read while a goroutine profile is built, runs `change` once: the
+    application changing its collector at that moment."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        super().__init__(target=self.done.wait, args=(TIMEOUT,))
+        self.change = None
+        self.seen_threshold: int | None = None
+
+    @property
+    def name(self) -> str:
+        change, self.change = self.change, None
+        if change is not None:
+            self.seen_threshold = gc.get_threshold()[0]
+            change()
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+
+@contextlib.contextmanager
+def collector_restored():
+    enabled, thresholds = gc.isenabled(), gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        (gc.enable if enabled else gc.disable)()
+
+
+def build_goroutine_profile_while(change) -> ChangesGcWhenNamed:
+    thread = ChangesGcWhenNamed()
+    thread.start()
+    thread.change = change  # Armed once started: starting reads the name too.
+    try:
+        pyprofiler.lookup("goroutine").write_to(io.BytesIO())
+    finally:
+        thread.change = None
+        thread.done.set()
+        thread.join(timeout=TIMEOUT)
+    return thread
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_the_applications_gc_switch_made_during_a_build_stands(enabled_before):
+    with collector_restored():
+        (gc.enable if enabled_before else gc.disable)()
+        change = gc.disable if enabled_before else gc.enable
+        thread = build_goroutine_profile_while(change)
+        assert thread.seen_threshold == stalls.PAUSED_THRESHOLD  # It ran during the pause.
+        assert gc.isenabled() is not enabled_before
+
+
+def test_the_applications_thresholds_set_during_a_build_stand():
+    with collector_restored():
+        build_goroutine_profile_while(lambda: gc.set_threshold(5000, 20, 30))
+        assert gc.get_threshold() == (5000, 20, 30)
+
+
+def test_a_build_leaves_the_collector_as_it_found_it():
+    with collector_restored():
+        gc.set_threshold(1234, 11, 12)
+        build_goroutine_profile_while(lambda: None)
+        assert gc.get_threshold() == (1234, 11, 12)
+        assert gc.isenabled()
+
+
+def test_no_collection_starts_during_a_build():
+    collections = []
+
+    def count(phase: str, info: dict) -> None:
+        # One may start as the pause ends, the build done: what the build allocated is due.
+        if phase == "start" and gc.get_threshold()[0] == stalls.PAUSED_THRESHOLD:
+            collections.append(info["generation"])
+
+    def allocate_containers() -> None:
+        garbage = [[] for _ in range(50_000)]  # Far past the youngest generation's threshold.
+        del garbage
+
+    gc.callbacks.append(count)
+    try:
+        with collector_restored():
+            gc.enable()
+            with stalls.gc_paused():
+                gc.collect(0)  # One started while paused is seen.
+            assert collections == [0]
+            collections.clear()
+            thread = build_goroutine_profile_while(allocate_containers)
+            assert thread.seen_threshold == stalls.PAUSED_THRESHOLD  # It allocated paused.
+            assert collections == []
+    finally:
+        gc.callbacks.remove(count)
+
+
+def test_overlapping_builds_restore_the_collector_once():
+    with collector_restored():
+        gc.set_threshold(900, 10, 10)
+        release = threading.Event()
+        inside = threading.Event()
+
+        def hold() -> None:
+            with stalls.gc_paused():
+                inside.set()
+                release.wait(TIMEOUT)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert inside.wait(TIMEOUT)
+            build_goroutine_profile_while(lambda: None)
+            assert gc.get_threshold()[0] == stalls.PAUSED_THRESHOLD  # The other still builds.
+        finally:
+            release.set()
+            holder.join(timeout=TIMEOUT)
+        assert gc.get_threshold() == (900, 10, 10)

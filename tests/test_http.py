@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import re
+import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -21,7 +23,7 @@ from conftest import (
 from flask import Flask
 
 import pyprofiler
-from pyprofiler import cpu
+from pyprofiler import cpu, proto
 from pyprofiler._proto import profile_pb2
 
 TIMEOUT = 30  # Per request; profiles asked for here last 1-2 s.
@@ -101,7 +103,7 @@ def test_error_responses(server, path, status, body):
 def test_no_profile_runs_after_a_rejected_request(server):
     # A 400 must be answered before profiling starts, leaving the CPU slot free.
     assert get(server, "profile?seconds=abc").status_code == 400
-    assert not cpu.busy("cpu")
+    assert cpu.windows_open("cpu") == 0
 
 
 @pytest.mark.parametrize("path", ["profile", "wall", "cmdline", ""])
@@ -191,33 +193,39 @@ def test_timed_profile_response(server, tmp_path, name, sample_type):
     assert "conftest.spin" in top_table(go_pprof(["-top"], path))
 
 
-def test_concurrent_profile_is_500(server):
+def test_concurrent_profiles_are_both_answered(server):
+    # Two scrapers (Grafana Alloy and Parca, say) asking at once both get a profile of their
+    # own window, where Go refuses the second with a 500.
     first = {}
     thread = threading.Thread(target=lambda: first.update(r=get(server, "profile?seconds=2")))
-    thread.start()
-    try:
-        assert wait_until(lambda: cpu.busy("cpu"), timeout=10)
-        second = get(server, "profile?seconds=1")
-    finally:
-        thread.join(timeout=TIMEOUT)
-    assert second.status_code == 500
-    assert second.text == "Could not enable CPU profiling: cpu profiling already in use\n"
-    assert second.headers["Content-Type"] == TEXT
-    assert second.headers["X-Go-Pprof"] == "1"
-    assert "Content-Disposition" not in second.headers
-    assert first["r"].status_code == 200
+    with threads_running(("spinner", spin)):
+        thread.start()
+        try:
+            assert wait_until(lambda: cpu.windows_open("cpu") == 1, timeout=10)
+            second = get(server, "profile?seconds=1")
+        finally:
+            thread.join(timeout=TIMEOUT)
+    assert first["r"].status_code == 200 and second.status_code == 200, second.text
+    profiles = [proto.decode(r.content) for r in (first["r"], second)]
+    assert 1.9e9 < profiles[0].duration_nanos < 3e9
+    assert 0.9e9 < profiles[1].duration_nanos < 1.5e9
+    for profile in profiles:
+        assert "conftest.spin" in {f.function for s in profile.samples for f in s.frames}
 
 
-def test_profile_while_api_profile_runs_is_500(server):
+def test_profile_while_api_profile_runs_is_answered(server):
     import io
 
-    pyprofiler.start_cpu_profile(io.BytesIO())
-    try:
-        response = get(server, "profile?seconds=1")
-    finally:
-        pyprofiler.stop_cpu_profile()
-    assert response.status_code == 500
-    assert response.text == "Could not enable CPU profiling: cpu profiling already in use\n"
+    output = io.BytesIO()
+    with threads_running(("spinner", spin)):
+        pyprofiler.start_cpu_profile(output)
+        try:
+            response = get(server, "profile?seconds=1")
+        finally:
+            pyprofiler.stop_cpu_profile()
+    assert response.status_code == 200
+    for data in (response.content, output.getvalue()):
+        assert "conftest.spin" in {f.function for s in proto.decode(data).samples for f in s.frames}
 
 
 def location_addresses(data: bytes) -> dict[int, str]:
@@ -321,3 +329,53 @@ def test_create_app_profile_with_test_client(tmp_path):
     path = tmp_path / "profile"
     path.write_bytes(response.data)
     assert "conftest.spin" in top_table(go_pprof(["-top"], path))
+
+
+# --- A client that hangs up (issue 11, item 2): its profile stops and frees the profiler.
+
+HANGUP_LIMIT = 0.25  # Seconds from the client's close to the profile's window closing.
+
+
+def ask_and_hang_up(port: int, path: str, started, after: float = 0.5) -> float:
+    """Ask for `path` on a raw connection, close it once `started()` and `after` seconds
+    more have passed; return the monotonic time of the close."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    try:
+        connection.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        assert wait_until(started, timeout=10)
+        time.sleep(after)
+    finally:
+        connection.close()
+    return time.monotonic()
+
+
+@pytest.mark.parametrize(("name", "kind"), [("profile", "cpu"), ("wall", "wall")])
+def test_a_timed_profile_stops_when_its_client_hangs_up(server, name, kind):
+    hung_up = ask_and_hang_up(
+        server.port, f"/debug/pprof/{name}?seconds=10", lambda: cpu.windows_open(kind) == 1
+    )
+    assert wait_until(lambda: cpu.windows_open(kind) == 0, timeout=5, interval=0.002)
+    assert time.monotonic() - hung_up < HANGUP_LIMIT
+    started = time.monotonic()
+    response = get(server, f"{name}?seconds=1")
+    assert response.status_code == 200
+    assert time.monotonic() - started < 1 + 1  # The next one runs at once, for its second.
+
+
+def test_the_members_of_a_group_stop_when_the_client_hangs_up(server):
+    # This process holds the port; a member in a subprocess joins it. A profile asked of the
+    # port runs in both; once the client hangs up, the member's request ends too.
+    from test_group import member_command, ready, sessions, wait_for_workers
+
+    with sessions(member_command(server.port)) as (member,):
+        pid, _ = ready(member)
+        wait_for_workers(server.port, lambda seen: len(seen) == 2)
+
+        def member_profiling() -> bool:
+            dump = get(server, f"goroutine?debug=2&pid={pid}&include_self=1").text
+            return "pyprofiler/hangup.py" in dump
+
+        hung_up = ask_and_hang_up(server.port, "/debug/pprof/wall?seconds=10", member_profiling)
+        assert wait_until(lambda: not member_profiling(), timeout=5, interval=0.01)
+        assert time.monotonic() - hung_up < 1.0
+        assert wait_until(lambda: cpu.windows_open("wall") == 0, timeout=1)

@@ -4,6 +4,7 @@ protobuf messages."""
 from __future__ import annotations
 
 import gzip
+import re
 
 import pytest
 from conftest import go_pprof, raw_locations, raw_samples, top_table
@@ -289,5 +290,16 @@ def test_undecodable_filename_still_encodes(tmp_path):
     path = tmp_path / "p.pb.gz"
     path.write_bytes(proto.encode(snapshot))
     locations = "\n".join(raw_locations(go_pprof(["-raw"], path)).values())
-    assert "legacy.load /srv/caf" in locations
-    assert "legacy.py:4" in locations
+    # The undecodable byte is escaped where it stood, so the name still says which file it was.
+    assert "legacy.load /srv/caf\\udce9/legacy.py:4" in locations
+
+
+def test_mapping_names_no_file_that_pprof_could_disassemble(profile_file):
+    # pprof opens a mapping's file to disassemble it at the locations' addresses; our
+    # addresses are synthetic, so the Source view only reads Python files when it cannot.
+    (mapping,) = parsed(cpu_snapshot()).mapping
+    name = parsed(cpu_snapshot()).string_table[mapping.filename]
+    assert name == proto.MAPPING_NAME == "[python]"
+    assert (mapping.memory_start, mapping.memory_limit, mapping.build_id) == (0, 0, 0)
+    mappings = go_pprof(["-raw"], profile_file).split("Mappings", 1)[1]
+    assert re.search(r"^1: 0x0/0x0/0x0 \[python\]\s+\[FN\]\[FL\]\[LN\]$", mappings, re.M)
