@@ -167,6 +167,8 @@ def thread_state(tid: int | None, top: types.FrameType | None) -> str:
     if kernel_state == "D":
         return "I/O wait"
     wchan = (_proc_task(tid, "wchan") or "").strip()
+    if wchan == "0":
+        return "runnable"  # Woken between the two reads: it waits for nothing now.
     state = _WCHAN_STATES.get(wchan)
     if state == "waiting on lock" and top is not None:
         line = _source_line(top.f_code.co_filename, top.f_lineno)

@@ -1043,3 +1043,12 @@ def test_overlapping_builds_restore_the_collector_once():
             release.set()
             holder.join(timeout=TIMEOUT)
         assert gc.get_threshold() == (900, 10, 10)
+
+
+def test_a_thread_woken_between_its_stat_and_wchan_reads_is_runnable(monkeypatch):
+    # /proc said sleeping, then the thread woke: wchan reads "0", which is no wait at all.
+    reads = {"stat": "1 (worker) S 1 1", "wchan": "0"}
+    monkeypatch.setattr(goroutines, "_proc_task", lambda tid, name: reads[name])
+    assert goroutines.thread_state(1, None) == "runnable"
+    reads["wchan"] = "do_sys_poll"
+    assert goroutines.thread_state(1, None) == "I/O wait"
