@@ -7,6 +7,7 @@ pyprofiler under the same load.
 
     python benchmarks/soak.py                   # about 17 minutes
     python benchmarks/soak.py --seconds 120     # a shorter run (the RSS trend needs 10 min)
+    python benchmarks/soak.py --throughput-only # the on/off throughput blocks alone, ~5 minutes
 
 Printed: failed scrapes, the app's RSS each minute and its growth over the second half of the
 soak (up to the late allocation site, which keeps 2.5 MB on purpose), the profiler's own
@@ -246,10 +247,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--block-seconds", type=float, default=30)
+    parser.add_argument("--throughput-only", action="store_true")
     args = parser.parse_args()
-    print(f"Python {sys.version.split()[0]}, soak {args.seconds:.0f} s", flush=True)
-    soak(args.seconds)
-    without_profilers(min(args.seconds, 120))
+    if not args.throughput_only:
+        print(f"Python {sys.version.split()[0]}, soak {args.seconds:.0f} s", flush=True)
+        soak(args.seconds)
+        without_profilers(min(args.seconds, 120))
     throughput(args.pairs, args.block_seconds)
 
 
