@@ -13,7 +13,6 @@ import sysconfig
 from types import ModuleType
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
-_SAMPLERS = os.path.join(_PACKAGE, "samplers")
 
 
 def _reason(error: ImportError) -> str:
@@ -21,12 +20,13 @@ def _reason(error: ImportError) -> str:
     profile needs pyprofiler's native extension, which ..."."""
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    built = os.path.exists(os.path.join(_SAMPLERS, "_native" + suffix))
+    samplers = os.path.join(_PACKAGE, "samplers")
+    built = os.path.exists(os.path.join(samplers, "_native" + suffix))
     if built:
         return f"failed to load: {error}"
     checkout = os.path.exists(os.path.join(_PACKAGE, os.pardir, "pyproject.toml"))
     if checkout:
-        builds = glob.glob(os.path.join(_SAMPLERS, "_native.*.so"))
+        builds = glob.glob(os.path.join(samplers, "_native.*.so"))
         others = sorted(os.path.basename(path) for path in builds)
         found = f" (built for others: {', '.join(others)})" if others else ""
         return (
