@@ -22,26 +22,15 @@ Py_XNewRef(PyObject *obj)
 }
 #endif
 
-/* The calling thread's state, or NULL, without the fatal error PyThreadState_Get() raises. */
-static inline PyThreadState *
-ppf_thread_state_unchecked(void)
-{
+/* PyThreadState_GetUnchecked(): the calling thread's state, or NULL, without the fatal error
+ * of PyThreadState_Get(). Py_IsFinalizing(): a thread that takes the GIL then is ended on the
+ * spot. Both public since 3.13. */
 #if PY_VERSION_HEX >= 0x030D0000
-    return PyThreadState_GetUnchecked();
+#  define ppf_thread_state_unchecked PyThreadState_GetUnchecked
+#  define ppf_finalizing Py_IsFinalizing
 #else
-    return _PyThreadState_UncheckedGet();
+#  define ppf_thread_state_unchecked _PyThreadState_UncheckedGet
+#  define ppf_finalizing _Py_IsFinalizing
 #endif
-}
-
-/* Whether the interpreter is finalizing: a thread that takes the GIL then is ended on the spot. */
-static inline int
-ppf_finalizing(void)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
-}
 
 #endif

@@ -18,7 +18,7 @@
  * The object and memory domains are only ever called with the GIL held, which serializes the
  * sampling. The raw domain is called without it, so the table of tracked blocks and the free
  * counts are guarded by `tracked_mutex` too, and a raw free first asks a lock-free filter
- * whether its address can be tracked at all. The module's own memory comes from the raw
+ * whether its address can be tracked at all. The tables' own memory comes from the raw
  * allocator as it was before any hook; `in_hook` keeps anything the hook does from sampling
  * itself.
  */
