@@ -40,7 +40,7 @@ from typing import Callable
 import pyprofiler
 
 try:
-    from pyprofiler import _native
+    from pyprofiler.samplers import _native
 except ImportError:
     _native = None
 

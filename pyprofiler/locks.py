@@ -94,7 +94,7 @@ def _is_sync_frame(frame: types.FrameType) -> bool:
 
 def _type_name(obj: object) -> str:
     cls = type(obj)
-    if cls.__module__ == "pyprofiler._native":
+    if cls.__module__ == "pyprofiler.samplers._native":
         return _NATIVE_NAMES.get(cls.__name__, cls.__name__)
     return f"{cls.__module__}.{cls.__qualname__}"
 

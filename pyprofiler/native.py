@@ -20,12 +20,13 @@ def _reason(error: ImportError) -> str:
     profile needs pyprofiler's native extension, which ..."."""
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    built = os.path.exists(os.path.join(_PACKAGE, "_native" + suffix))
+    samplers = os.path.join(_PACKAGE, "samplers")
+    built = os.path.exists(os.path.join(samplers, "_native" + suffix))
     if built:
         return f"failed to load: {error}"
     checkout = os.path.exists(os.path.join(_PACKAGE, os.pardir, "pyproject.toml"))
     if checkout:
-        builds = glob.glob(os.path.join(_PACKAGE, "_native.*.so"))
+        builds = glob.glob(os.path.join(samplers, "_native.*.so"))
         others = sorted(os.path.basename(path) for path in builds)
         found = f" (built for others: {', '.join(others)})" if others else ""
         return (
@@ -45,7 +46,7 @@ try:
     if os.environ.get("PYPROFILER_NATIVE", "1") == "0":
         unavailable_reason = "is ignored (PYPROFILER_NATIVE=0 is set)"
         raise ImportError(unavailable_reason)
-    from pyprofiler import _native as native
+    from pyprofiler.samplers import _native as native
 except ImportError as exc:
     native = None
     unavailable_reason = unavailable_reason or _reason(exc)

@@ -2,8 +2,8 @@
 with no signal handlers (they interrupt blocking calls with EINTR and collide with the
 application's own).
 
-With the C extension the thread is native (_native_sampler.c): it holds the GIL only while it
-reads the other threads and creates no Python objects until stop(). Without it (or with
+With the C extension the thread is native (samplers/_native/sampler.c): it holds the GIL only
+while it reads the other threads and creates no Python objects until stop(). Without it (or with
 PYPROFILER_NATIVE=0) it is a Python daemon thread reading sys._current_frames().
 
 CPU: each tick, every thread's CPU clock is read; a thread that used CPU since the previous tick

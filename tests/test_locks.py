@@ -1074,7 +1074,7 @@ def test_native_lock_release_errors_and_context_manager(native_kind):
     with lock:
         if native_kind == "Lock":
             assert lock.locked()
-            assert "<locked pyprofiler._native.Lock object" in repr(lock)
+            assert "<locked pyprofiler.samplers._native.Lock object" in repr(lock)
     assert "unlocked" in repr(lock)
     with pytest.raises(RuntimeError):
         lock.release()

@@ -300,9 +300,9 @@ def test_a_taken_port_raises_and_the_flask_reloader_goes_on(tmp_path):
 def test_a_missing_extension_is_explained_by_what_is_actually_missing(tmp_path, monkeypatch):
     checkout = tmp_path / "checkout"
     package = checkout / "pyprofiler"
-    package.mkdir(parents=True)
+    (package / "samplers").mkdir(parents=True)
     (checkout / "pyproject.toml").write_text("[project]\n")
-    (package / "_native.cpython-399-x86_64-linux-gnu.so").write_bytes(b"")
+    (package / "samplers" / "_native.cpython-399-x86_64-linux-gnu.so").write_bytes(b"")
     monkeypatch.setattr(native, "_PACKAGE", str(package))
     reason = native._reason(ImportError("cannot import name '_native'"))
     assert "compiler" not in reason

@@ -1,6 +1,6 @@
-"""The native sampler's own reading of the interpreter's structures (_native_stackread.c), on
-this Python's layout: line tables decoded as the interpreter decodes them, and stacks copied
-without the GIL that hold together while their threads run."""
+"""The native sampler's own reading of the interpreter's structures
+(samplers/_native/stackread.c), on this Python's layout: line tables decoded as the interpreter
+decodes them, and stacks copied without the GIL that hold together while their threads run."""
 
 from __future__ import annotations
 

@@ -9,13 +9,17 @@
  * contention to the unlocker. Every field is only touched with the GIL held.
  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "locks.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 
-#include "_native.h"
+#include "compat.h"
+#include "frames.h"
+#include "limits.h"
+#include "random.h"
 
 static int64_t block_rate;     /* ns; 0 = off */
 static int64_t mutex_fraction; /* 1 in n; 0 = off */
@@ -38,9 +42,7 @@ now_ns(void)
  * acquired or released the lock still there to read. Every field is only touched with the GIL
  * held. */
 
-#define CONTENTION_FRAMES 32          /* as creation.MAX_CREATION_FRAMES */
-#define MAX_CONTENTION_ENTRIES 4096   /* per table, as locks.MAX_ENTRIES */
-#define CONTENTION_SLOTS (MAX_CONTENTION_ENTRIES * 2)
+#define CONTENTION_SLOTS (PPF_LOCK_MAX_ENTRIES * 2)
 
 typedef struct {
     uint64_t hash;
@@ -49,7 +51,7 @@ typedef struct {
     double count;    /* Go's unsampling makes both fractional until read */
     double delay_ns;
     int depth;
-    frame_t frames[]; /* leaf first; each code object referenced */
+    ppf_frame_t frames[]; /* leaf first; each code object referenced */
 } entry_t;
 
 typedef struct {
@@ -73,9 +75,9 @@ free_entry(entry_t *entry)
 }
 
 static entry_t *
-new_entry(uint64_t hash, PyObject *kind, PyObject *label, const frame_t *frames, int depth)
+new_entry(uint64_t hash, PyObject *kind, PyObject *label, const ppf_frame_t *frames, int depth)
 {
-    entry_t *entry = PyMem_RawCalloc(1, sizeof(entry_t) + (size_t)depth * sizeof(frame_t));
+    entry_t *entry = PyMem_RawCalloc(1, sizeof(entry_t) + (size_t)depth * sizeof(ppf_frame_t));
     if (entry == NULL) {
         return NULL;
     }
@@ -96,7 +98,7 @@ ensure_table(table_t *t)
     if (t->entries != NULL) {
         return 0;
     }
-    entry_t **entries = PyMem_RawCalloc(MAX_CONTENTION_ENTRIES + 1, sizeof(entry_t *));
+    entry_t **entries = PyMem_RawCalloc(PPF_LOCK_MAX_ENTRIES + 1, sizeof(entry_t *));
     uint32_t *slots = PyMem_RawCalloc(CONTENTION_SLOTS, sizeof(uint32_t));
     PyObject *empty = PyUnicode_New(0, 0);
     entry_t *overflow = empty == NULL ? NULL : new_entry(0, NULL, empty, NULL, 0);
@@ -116,7 +118,7 @@ ensure_table(table_t *t)
  * neither, one made with `label`, or NULL if `label` is NULL (the caller has one computed: a
  * full table then never costs a label per event). */
 static entry_t *
-find_entry(table_t *t, uint64_t hash, PyObject *kind, const frame_t *frames, int depth,
+find_entry(table_t *t, uint64_t hash, PyObject *kind, const ppf_frame_t *frames, int depth,
            PyObject *label)
 {
     if (ensure_table(t) < 0) {
@@ -125,7 +127,7 @@ find_entry(table_t *t, uint64_t hash, PyObject *kind, const frame_t *frames, int
     for (size_t i = (size_t)hash % CONTENTION_SLOTS;; i = (i + 1) % CONTENTION_SLOTS) {
         uint32_t index = t->slots[i];
         if (index == 0) {
-            if (t->used > MAX_CONTENTION_ENTRIES) {
+            if (t->used > PPF_LOCK_MAX_ENTRIES) {
                 return t->entries[0];
             }
             if (label == NULL) {
@@ -141,7 +143,7 @@ find_entry(table_t *t, uint64_t hash, PyObject *kind, const frame_t *frames, int
         }
         entry_t *entry = t->entries[index - 1];
         if (entry->hash == hash && entry->kind == kind &&
-            same_frames(entry->frames, frames, depth, entry->depth)) {
+            ppf_same_frames(entry->frames, frames, depth, entry->depth)) {
             return entry;
         }
     }
@@ -174,11 +176,11 @@ label_of(PyObject *lock)
 static void
 record(table_t *t, PyObject *lock, double count, double delay_ns)
 {
-    frame_t frames[CONTENTION_FRAMES];
+    ppf_frame_t frames[PPF_LOCK_MAX_DEPTH];
     int truncated = 0;
-    int depth = capture_stack(frames, CONTENTION_FRAMES, &truncated);
+    int depth = ppf_capture_stack(frames, PPF_LOCK_MAX_DEPTH, &truncated);
     PyObject *kind = (PyObject *)Py_TYPE(lock);
-    uint64_t hash = hash_stack(frames, depth, (size_t)(uintptr_t)kind);
+    uint64_t hash = ppf_hash_stack(frames, depth, (size_t)(uintptr_t)kind);
     entry_t *entry = find_entry(t, hash, kind, frames, depth, NULL);
     if (entry == NULL) {
         /* Other threads may record meanwhile: find_entry looks again before adding. The
@@ -208,7 +210,7 @@ report_block(int64_t delay, PyObject *lock)
     if (delay >= block_rate) {
         record(&block_table, lock, 1, (double)delay);
     }
-    else if ((int64_t)(native_random() % (uint64_t)block_rate) < delay) {
+    else if ((int64_t)(ppf_random() % (uint64_t)block_rate) < delay) {
         record(&block_table, lock, (double)block_rate / (double)delay, (double)block_rate);
     }
 }
@@ -220,7 +222,7 @@ report_mutex(int64_t delay, PyObject *lock)
     if (mutex_fraction <= 0 || delay <= 0) {
         return;
     }
-    if (mutex_fraction > 1 && native_random() % (uint64_t)mutex_fraction != 0) {
+    if (mutex_fraction > 1 && ppf_random() % (uint64_t)mutex_fraction != 0) {
         return;
     }
     record(&mutex_table, lock, (double)mutex_fraction, (double)delay * (double)mutex_fraction);
@@ -239,7 +241,7 @@ typedef struct {
 static uint64_t fork_generation;
 
 void
-locks_after_fork(void)
+ppf_locks_after_fork(void)
 {
     fork_generation++;
     listing = 0; /* Whoever was listing is not in the child. */
@@ -500,7 +502,7 @@ static PyMethodDef Lock_methods[] = {
 };
 
 static PyTypeObject LockType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyprofiler._native.Lock",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyprofiler.samplers._native.Lock",
     .tp_basicsize = sizeof(LockObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A threading.Lock that reports contention to the block and mutex profiles.",
@@ -658,7 +660,7 @@ static PyMethodDef RLock_methods[] = {
 };
 
 static PyTypeObject RLockType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyprofiler._native.RLock",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyprofiler.samplers._native.RLock",
     .tp_basicsize = sizeof(RLockObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A threading.RLock that reports contention to the block and mutex profiles.",
@@ -672,7 +674,7 @@ static PyTypeObject RLockType = {
 /* ---- module functions -------------------------------------------------------------------- */
 
 PyObject *
-set_lock_profiling(PyObject *module, PyObject *args)
+ppf_set_lock_profiling(PyObject *module, PyObject *args)
 {
     long long new_block_rate, new_mutex_fraction;
     PyObject *new_label_lock;
@@ -704,7 +706,7 @@ table_named(PyObject *name)
 /* lock_contentions(name): [(((code, line), ...), label, count, delay_ns)] of the "block" or
  * "mutex" table; the overflow entry, if it was used, has no frames and the label "". */
 PyObject *
-lock_contentions(PyObject *module, PyObject *name)
+ppf_lock_contentions(PyObject *module, PyObject *name)
 {
     table_t *t = table_named(name);
     if (t == NULL) {
@@ -719,7 +721,7 @@ lock_contentions(PyObject *module, PyObject *name)
         if (entry->count == 0) {
             continue;
         }
-        PyObject *stack = stack_tuple(entry->frames, entry->depth);
+        PyObject *stack = ppf_stack_tuple(entry->frames, entry->depth);
         PyObject *item = stack == NULL ? NULL
                                        : Py_BuildValue("(NOdd)", stack, entry->label,
                                                        entry->count, entry->delay_ns);
@@ -746,7 +748,7 @@ clear_table(table_t *t)
 
 /* Forget every recorded contention (tests start from empty tables). */
 PyObject *
-clear_lock_contentions(PyObject *module, PyObject *unused)
+ppf_clear_lock_contentions(PyObject *module, PyObject *unused)
 {
     if (listing) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -759,7 +761,7 @@ clear_lock_contentions(PyObject *module, PyObject *unused)
 }
 
 int
-locks_init(PyObject *module)
+ppf_locks_init(PyObject *module)
 {
     if (PyType_Ready(&LockType) < 0 || PyType_Ready(&RLockType) < 0) {
         return -1;

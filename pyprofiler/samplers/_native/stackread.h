@@ -6,8 +6,8 @@
  * code), so a frame pushed or popped as it is read yields an invalid stack, never a crash. Code
  * objects are only dereferenced directly once pinned (referenced, with the GIL) by the sampler.
  */
-#ifndef PYPROFILER_NATIVE_STACKREAD_H
-#define PYPROFILER_NATIVE_STACKREAD_H
+#ifndef PPF_STACKREAD_H
+#define PPF_STACKREAD_H
 
 #include <Python.h>
 #include <stddef.h>
@@ -15,11 +15,11 @@
 
 /* Whether copies can be made here at all (seccomp can deny process_vm_readv); call before each
  * sampler starts (a forked child has a pid of its own). */
-int stackread_available(void);
+int ppf_stackread_available(void);
 /* The module's functions: stack_reads_available() and line_of(code, offset), the line that the
  * sampler's own reading of the line table gives (tested against the interpreter's). */
-PyObject *stack_reads_available(PyObject *module, PyObject *unused);
-PyObject *line_of(PyObject *module, PyObject *args);
+PyObject *ppf_stack_reads_available(PyObject *module, PyObject *unused);
+PyObject *ppf_line_of(PyObject *module, PyObject *args);
 
 /* A thread state as copied. */
 typedef struct {
@@ -28,21 +28,21 @@ typedef struct {
     unsigned long ident;    /* threading.get_ident() */
     unsigned long tid;      /* kernel thread id where the state says it (3.11+); else 0 */
     uintptr_t frame;        /* the frame it executes (0: no Python code), once frame_known */
-    int frame_known;        /* 3.11 and 3.12 read it from another structure: thread_frame() */
+    int frame_known;        /* 3.11 and 3.12 read it elsewhere: ppf_thread_frame() */
     uintptr_t region_start; /* 3.11+: the used part of its current data stack chunk */
     uintptr_t region_end;
-} thread_copy_t;
+} ppf_thread_copy_t;
 
 /* 0, or -1 when the state could not be copied or is not one of `interp`'s. */
-int copy_thread(uintptr_t tstate, PyInterpreterState *interp, thread_copy_t *out);
-/* Up to IOV_BATCH thread states in one read: copied[i] says whether out[i] holds addresses[i]'s.
- * `scratch` has room for IOV_BATCH states. Returns how many were copied. */
-#define IOV_BATCH 1024
-#define THREAD_SCRATCH_BYTES (IOV_BATCH * sizeof(PyThreadState))
-int copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *interp, void *scratch,
-                 thread_copy_t *out, char *copied);
+int ppf_copy_thread(uintptr_t tstate, PyInterpreterState *interp, ppf_thread_copy_t *out);
+/* Up to PPF_IOV_BATCH thread states in one read: copied[i] says whether out[i] holds
+ * addresses[i]'s. `scratch` has room for PPF_IOV_BATCH states. Returns how many were copied. */
+#define PPF_IOV_BATCH 1024
+#define PPF_THREAD_SCRATCH_BYTES (PPF_IOV_BATCH * sizeof(PyThreadState))
+int ppf_copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *interp,
+                     void *scratch, ppf_thread_copy_t *out, char *copied);
 /* Fill in thread->frame; -1 when it could not be read. */
-int thread_frame(thread_copy_t *thread);
+int ppf_thread_frame(ppf_thread_copy_t *thread);
 
 /* What a stack walk needs of a code object, and what identifies it while it is not pinned. */
 typedef struct {
@@ -57,33 +57,34 @@ typedef struct {
     uintptr_t filename, name, linetable; /* the object's own fields: its identity */
     const unsigned char *table;          /* the line table's bytes, once pinned */
     Py_ssize_t table_size;
-} code_info_t;
+} ppf_code_info_t;
 
 /* Copy and validate the code object at `address`; 0, or -1 if it is not one. */
-int copy_code(uintptr_t address, code_info_t *out);
+int ppf_copy_code(uintptr_t address, ppf_code_info_t *out);
 /* With the GIL: reference the code object if it is still the one `info` was copied from. */
-int pin_code(code_info_t *info);
+int ppf_pin_code(ppf_code_info_t *info);
 
 /* One frame of a stack as copied: the code's address and where in it execution stands. */
 typedef struct {
     uintptr_t code;
     int32_t offset; /* bytes into the bytecode, as PyCode_Addr2Line takes it */
     int32_t line;   /* the frame's own line number (3.9 and 3.10 while tracing), or 0 */
-} raw_frame_t;
+} ppf_raw_frame_t;
 
 /* The code object at an address, pinned or newly copied, or NULL if there is none. */
-typedef const code_info_t *(*code_lookup_t)(void *context, uintptr_t address);
+typedef const ppf_code_info_t *(*ppf_code_lookup_t)(void *context, uintptr_t address);
 
 /* Room for the top of a thread's data stack, copied in one read (3.11+). */
-#define STACK_REGION_BYTES 16384
+#define PPF_STACK_REGION_BYTES 16384
 
 /* The frames of the thread whose state is at `tstate`, read afresh, leaf first, at most `max`
  * (*truncated set when there were more); -1 when what was copied does not hold together.
- * `region` has STACK_REGION_BYTES of room. */
-int copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, void *context,
-               unsigned char *region, raw_frame_t *out, int max, int *truncated);
+ * `region` has PPF_STACK_REGION_BYTES of room. */
+int ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t lookup,
+                   void *context, unsigned char *region, ppf_raw_frame_t *out, int max,
+                   int *truncated);
 
 /* The line of a pinned code object at a byte offset, as PyCode_Addr2Line gives it. */
-int code_line(const code_info_t *info, int offset);
+int ppf_code_line(const ppf_code_info_t *info, int offset);
 
 #endif

@@ -5,7 +5,7 @@
  * computes between blocking calls is charged at the line where it blocks. This pthread wakes at
  * its own instants (spread at random around the period, so that they cannot lock onto a
  * periodic workload either; see wake_on_time() for the scheduler) and copies every thread's
- * stack as it stands at that instant (_native_stackread.c), running or not, holding the GIL or
+ * stack as it stands at that instant (stackread.c), running or not, holding the GIL or
  * not.
  *
  * Each tick, for every thread that runs Python code:
@@ -31,7 +31,8 @@
  * and to the thread that calls start() and stop() before and after.
  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "sampler.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -45,13 +46,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "_native.h"
-#include "_native_stackread.h"
+#include "compat.h"
+#include "frames.h"
+#include "limits.h"
+#include "random.h"
+#include "stackread.h"
 
-/* As stack_table.py: at most this many (stack, thread) entries; then one overflow entry per
- * thread. Threads beyond MAX_LABELS share the label at index MAX_LABELS. */
-#define MAX_ENTRIES 10000
-#define MAX_LABELS 10000
+/* At most MAX_ENTRIES (stack, thread) entries; then one overflow entry per thread. Threads
+ * beyond MAX_LABELS share the label at index MAX_LABELS. */
+#define MAX_ENTRIES PPF_SAMPLER_MAX_ENTRIES
+#define MAX_LABELS PPF_SAMPLER_MAX_THREADS
 #define ENTRY_CAPACITY (MAX_ENTRIES + MAX_LABELS + 1)
 #define ENTRY_SLOTS 65536 /* power of two, over 3 x ENTRY_CAPACITY: short probe runs */
 #define OVERFLOW_DEPTH (-1)
@@ -83,7 +87,7 @@ typedef struct entry {
     int64_t count;
     int32_t label;
     int depth;        /* OVERFLOW_DEPTH: the thread's samples that no longer fit */
-    frame_t frames[]; /* leaf first; code objects pinned until stop() */
+    ppf_frame_t frames[]; /* leaf first; code objects pinned until stop() */
 } entry_t;
 
 typedef struct {
@@ -106,7 +110,7 @@ typedef struct {
     int32_t label;
     int64_t value;
     int depth;
-    raw_frame_t frames[MAX_SAMPLED_FRAMES];
+    ppf_raw_frame_t frames[PPF_MAX_STACK_DEPTH];
 } pending_t;
 
 typedef struct {
@@ -148,10 +152,10 @@ typedef struct {
     entry_t **entries;
     uint32_t n_entries;
     uint32_t *slots; /* open addressing: index + 1 into entries, 0 = empty */
-    code_info_t *codes;
+    ppf_code_info_t *codes;
     uint32_t n_codes;
     uint32_t *code_slots; /* index + 1 into codes */
-    code_info_t candidates[MAX_CANDIDATES];
+    ppf_code_info_t candidates[MAX_CANDIDATES];
     uint32_t n_candidates;
     pending_t *pending;
     uint32_t n_pending;
@@ -159,7 +163,7 @@ typedef struct {
     unsigned char *region;
     void *scratch; /* the previous reading's thread states, copied in one read: */
     uintptr_t *batch_addresses;
-    thread_copy_t *batch;
+    ppf_thread_copy_t *batch;
     char *batch_copied;
     /* What the profile says of itself. */
     uint64_t dropped;       /* samples whose stack changed as it was read */
@@ -167,8 +171,8 @@ typedef struct {
     uint64_t torn_readings; /* walks of the thread list that met a change */
     uint64_t gil_takes;
     int64_t max_gil_hold_ns;
-    raw_frame_t raw[MAX_SAMPLED_FRAMES];
-    frame_t stack[MAX_SAMPLED_FRAMES];
+    ppf_raw_frame_t raw[PPF_MAX_STACK_DEPTH];
+    ppf_frame_t stack[PPF_MAX_STACK_DEPTH];
 } SamplerObject;
 
 static int64_t
@@ -315,25 +319,6 @@ wake_on_time(void)
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 }
 
-static int
-finalizing(void)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
-}
-
-static uint64_t
-next_random(SamplerObject *self)
-{
-    self->random ^= self->random >> 12;
-    self->random ^= self->random << 25;
-    self->random ^= self->random >> 27;
-    return self->random * 0x2545F4914F6CDD1DULL;
-}
-
 /* ---- pyprofiler's own threads -------------------------------------------------------------- */
 
 /* The threads named pyprofiler-* (creation.py), as (ident, kernel tid) pairs: published by
@@ -400,8 +385,8 @@ compare_own(const void *a, const void *b)
 /* set_own_threads(((ident, tid), ...)): pyprofiler's threads, which samplers leave out from now
  * on unless told otherwise. Beyond MAX_OWN_THREADS, the rest are sampled as the program's (and
  * left out by name when the window ends, if they still run). */
-static PyObject *
-set_own_threads(PyObject *module, PyObject *arg)
+PyObject *
+ppf_set_own_threads(PyObject *module, PyObject *arg)
 {
     PyObject *items = PySequence_Fast(arg, "expected a sequence of (ident, tid) pairs");
     if (items == NULL) {
@@ -445,15 +430,15 @@ alloc_tables(SamplerObject *self)
     self->labels = calloc(MAX_LABELS + 1, sizeof(label_t));
     self->entries = calloc(ENTRY_CAPACITY, sizeof(entry_t *));
     self->slots = calloc(ENTRY_SLOTS, sizeof(uint32_t));
-    self->codes = calloc(MAX_CODES, sizeof(code_info_t));
+    self->codes = calloc(MAX_CODES, sizeof(ppf_code_info_t));
     self->code_slots = calloc(CODE_SLOTS, sizeof(uint32_t));
     self->pending = calloc(MAX_PENDING, sizeof(pending_t));
     self->lines = calloc(LINE_SLOTS, sizeof(line_slot_t));
-    self->region = malloc(STACK_REGION_BYTES);
-    self->scratch = malloc(THREAD_SCRATCH_BYTES);
-    self->batch_addresses = malloc(IOV_BATCH * sizeof(uintptr_t));
-    self->batch = malloc(IOV_BATCH * sizeof(thread_copy_t));
-    self->batch_copied = malloc(IOV_BATCH);
+    self->region = malloc(PPF_STACK_REGION_BYTES);
+    self->scratch = malloc(PPF_THREAD_SCRATCH_BYTES);
+    self->batch_addresses = malloc(PPF_IOV_BATCH * sizeof(uintptr_t));
+    self->batch = malloc(PPF_IOV_BATCH * sizeof(ppf_thread_copy_t));
+    self->batch_copied = malloc(PPF_IOV_BATCH);
     return self->labels && self->entries && self->slots && self->codes && self->code_slots &&
                    self->pending && self->lines && self->region && self->scratch &&
                    self->batch_addresses && self->batch && self->batch_copied
@@ -503,17 +488,17 @@ free_tables(SamplerObject *self)
 /* The entry for (stack, label), created if need be; the label's overflow entry once the table
  * is full; NULL only if even that cannot be allocated. */
 static entry_t *
-find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label)
+find_entry(SamplerObject *self, const ppf_frame_t *frames, int depth, int32_t label)
 {
     int stored = depth < 0 ? 0 : depth;
-    uint64_t hash = hash_stack(frames, stored, (size_t)label) ^ (uint64_t)(depth < 0);
+    uint64_t hash = ppf_hash_stack(frames, stored, (size_t)label) ^ (uint64_t)(depth < 0);
     size_t mask = ENTRY_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = self->slots[i];
         if (index != 0) {
             entry_t *e = self->entries[index - 1];
             if (e->hash == hash && e->label == label &&
-                same_frames(e->frames, frames, e->depth, depth)) {
+                ppf_same_frames(e->frames, frames, e->depth, depth)) {
                 return e;
             }
             continue;
@@ -521,14 +506,14 @@ find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label)
         if (depth >= 0 && self->n_entries >= MAX_ENTRIES) {
             return find_entry(self, NULL, OVERFLOW_DEPTH, label);
         }
-        entry_t *e = calloc(1, sizeof(entry_t) + (size_t)stored * sizeof(frame_t));
+        entry_t *e = calloc(1, sizeof(entry_t) + (size_t)stored * sizeof(ppf_frame_t));
         if (e == NULL) {
             return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label);
         }
         e->hash = hash;
         e->label = label;
         e->depth = depth;
-        memcpy(e->frames, frames, (size_t)stored * sizeof(frame_t));
+        memcpy(e->frames, frames, (size_t)stored * sizeof(ppf_frame_t));
         self->entries[self->n_entries++] = e;
         self->slots[i] = self->n_entries;
         return e;
@@ -537,7 +522,7 @@ find_entry(SamplerObject *self, const frame_t *frames, int depth, int32_t label)
 
 /* ---- code objects ------------------------------------------------------------------------- */
 
-static code_info_t *
+static ppf_code_info_t *
 pinned_code(SamplerObject *self, uintptr_t address)
 {
     size_t mask = CODE_SLOTS - 1;
@@ -554,7 +539,7 @@ pinned_code(SamplerObject *self, uintptr_t address)
 }
 
 static void
-add_pinned(SamplerObject *self, const code_info_t *info)
+add_pinned(SamplerObject *self, const ppf_code_info_t *info)
 {
     size_t mask = CODE_SLOTS - 1;
     size_t i = (size_t)((info->address >> 4) * 0x9E3779B97F4A7C15ULL >> 40) & mask;
@@ -566,11 +551,11 @@ add_pinned(SamplerObject *self, const code_info_t *info)
 }
 
 /* The lookup a stack copy uses: a pinned code object, or one copied now to be pinned later. */
-static const code_info_t *
+static const ppf_code_info_t *
 lookup_code(void *context, uintptr_t address)
 {
     SamplerObject *self = context;
-    const code_info_t *pinned = pinned_code(self, address);
+    const ppf_code_info_t *pinned = pinned_code(self, address);
     if (pinned != NULL) {
         return pinned;
     }
@@ -580,7 +565,7 @@ lookup_code(void *context, uintptr_t address)
         }
     }
     if (self->n_candidates == MAX_CANDIDATES ||
-        copy_code(address, &self->candidates[self->n_candidates]) < 0) {
+        ppf_copy_code(address, &self->candidates[self->n_candidates]) < 0) {
         return NULL;
     }
     return &self->candidates[self->n_candidates++];
@@ -592,7 +577,7 @@ static void
 pin_candidates(SamplerObject *self)
 {
     for (uint32_t i = 0; i < self->n_candidates && self->n_codes < MAX_CODES; i++) {
-        if (pin_code(&self->candidates[i]) == 0) {
+        if (ppf_pin_code(&self->candidates[i]) == 0) {
             add_pinned(self, &self->candidates[i]);
         }
     }
@@ -600,23 +585,23 @@ pin_candidates(SamplerObject *self)
 }
 
 static int
-line_at(SamplerObject *self, const code_info_t *code, int32_t offset)
+line_at(SamplerObject *self, const ppf_code_info_t *code, int32_t offset)
 {
     size_t i = (size_t)(((code->address >> 4) ^ ((uint64_t)(uint32_t)offset * 0x9E3779B1u)) &
                         (LINE_SLOTS - 1));
     line_slot_t *slot = &self->lines[i];
     if (slot->code != code->address || slot->offset != offset) {
-        *slot = (line_slot_t){code->address, offset, code_line(code, offset)};
+        *slot = (line_slot_t){code->address, offset, ppf_code_line(code, offset)};
     }
     return slot->line;
 }
 
 /* (code, line) frames for raw ones; -1 while one of their code objects is not pinned. */
 static int
-resolve(SamplerObject *self, const raw_frame_t *raw, int depth)
+resolve(SamplerObject *self, const ppf_raw_frame_t *raw, int depth)
 {
     for (int d = 0; d < depth; d++) {
-        const code_info_t *code = pinned_code(self, raw[d].code);
+        const ppf_code_info_t *code = pinned_code(self, raw[d].code);
         if (code == NULL) {
             return -1;
         }
@@ -655,7 +640,7 @@ add_sample(SamplerObject *self, int depth, int32_t label, int64_t value)
     p->label = label;
     p->value = value;
     p->depth = depth;
-    memcpy(p->frames, self->raw, (size_t)depth * sizeof(raw_frame_t));
+    memcpy(p->frames, self->raw, (size_t)depth * sizeof(ppf_raw_frame_t));
     return NULL;
 }
 
@@ -675,7 +660,7 @@ add_pending(SamplerObject *self)
 }
 
 static int32_t
-thread_label(SamplerObject *self, thread_t *thread, const thread_copy_t *copy)
+thread_label(SamplerObject *self, thread_t *thread, const ppf_thread_copy_t *copy)
 {
     if (thread->label < 0) {
         if (self->n_labels < MAX_LABELS) {
@@ -730,12 +715,12 @@ static int
 stack_of(SamplerObject *self, const thread_t *thread)
 {
     int truncated = 0;
-    return copy_stack(thread->address, self->interp, lookup_code, self, self->region, self->raw,
-                      MAX_SAMPLED_FRAMES, &truncated);
+    return ppf_copy_stack(thread->address, self->interp, lookup_code, self, self->region,
+                          self->raw, PPF_MAX_STACK_DEPTH, &truncated);
 }
 
 static void
-read_cpu(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int record)
+read_cpu(SamplerObject *self, thread_t *thread, ppf_thread_copy_t *copy, int record)
 {
     int64_t before = thread_cpu_ns(thread->tid);
     if (before < 0) {
@@ -746,7 +731,7 @@ read_cpu(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int record)
         keep_thread(&self->seeing, thread);
         return;
     }
-    if (thread_frame(copy) < 0 || copy->frame == 0) { /* No Python code to charge it to. */
+    if (ppf_thread_frame(copy) < 0 || copy->frame == 0) { /* No Python code to charge it to. */
         thread->cpu_ns = before;
         keep_thread(&self->seeing, thread);
         return;
@@ -773,7 +758,7 @@ read_cpu(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int record)
 }
 
 static void
-read_wall(SamplerObject *self, thread_t *thread, thread_copy_t *copy, int64_t elapsed,
+read_wall(SamplerObject *self, thread_t *thread, ppf_thread_copy_t *copy, int64_t elapsed,
           int record)
 {
     int64_t cpu = thread_cpu_ns(thread->tid);
@@ -817,22 +802,22 @@ mark_own(SamplerObject *self, const thread_t *thread)
 static void
 copy_previous(SamplerObject *self)
 {
-    int n = self->seen.count < IOV_BATCH ? (int)self->seen.count : IOV_BATCH;
+    int n = self->seen.count < PPF_IOV_BATCH ? (int)self->seen.count : PPF_IOV_BATCH;
     for (int i = 0; i < n; i++) {
         self->batch_addresses[i] = self->seen.items[i].address;
     }
     if (n > 0) {
-        copy_threads(self->batch_addresses, n, self->interp, self->scratch, self->batch,
-                     self->batch_copied);
+        ppf_copy_threads(self->batch_addresses, n, self->interp, self->scratch, self->batch,
+                         self->batch_copied);
     }
 }
 
 static int
-copy_at(SamplerObject *self, size_t cursor, uintptr_t address, thread_copy_t *out)
+copy_at(SamplerObject *self, size_t cursor, uintptr_t address, ppf_thread_copy_t *out)
 {
     /* The walk meets the previous reading's threads in their order: look a few ahead of the
      * cursor (those skipped have exited). */
-    for (size_t i = cursor; i < cursor + 4 && i < self->seen.count && i < IOV_BATCH; i++) {
+    for (size_t i = cursor; i < cursor + 4 && i < self->seen.count && i < PPF_IOV_BATCH; i++) {
         if (self->seen.items[i].address == address) {
             if (self->batch_copied[i] && self->batch[i].serial == self->seen.items[i].serial) {
                 *out = self->batch[i];
@@ -841,7 +826,7 @@ copy_at(SamplerObject *self, size_t cursor, uintptr_t address, thread_copy_t *ou
             break;
         }
     }
-    return copy_thread(address, self->interp, out);
+    return ppf_copy_thread(address, self->interp, out);
 }
 
 /* One reading of every thread, without the GIL; `record` is 0 for the one a profile starts
@@ -859,7 +844,7 @@ read_threads(SamplerObject *self, int record)
     copy_previous(self);
     uintptr_t address = (uintptr_t)PyInterpreterState_ThreadHead(self->interp);
     for (size_t listed = 0; address != 0; listed++) {
-        thread_copy_t copy;
+        ppf_thread_copy_t copy;
         /* Serials fall along the list; anything else is a list that changed as it was read. */
         if (listed == MAX_LISTED || copy_at(self, cursor, address, &copy) < 0 ||
             copy.serial >= previous_serial) {
@@ -890,7 +875,7 @@ read_threads(SamplerObject *self, int record)
         /* Trusted once the thread runs Python code: until then the state may carry its
          * creator's id (3.11, 3.12) or none (3.13). */
         if (copy.tid != thread.tid) {
-            if (thread_frame(&copy) < 0) {
+            if (ppf_thread_frame(&copy) < 0) {
                 keep_thread(&self->seeing, &thread);
                 continue;
             }
@@ -997,7 +982,7 @@ tick(SamplerObject *self)
     self->put_on_cpu_ns = 0;
     read_threads(self, 1);
     if (self->n_candidates > 0 || self->need_tids) {
-        if (finalizing()) { /* Taking the GIL now would end this thread on the spot. */
+        if (ppf_finalizing()) { /* Taking the GIL now would end this thread on the spot. */
             self->n_candidates = 0;
         }
         else {
@@ -1026,7 +1011,7 @@ tick(SamplerObject *self)
 static int64_t
 next_instant(SamplerObject *self, int64_t after)
 {
-    double u = (double)(next_random(self) >> 11) / 9007199254740992.0;
+    double u = (double)(ppf_xorshift(&self->random) >> 11) / 9007199254740992.0;
     return after + (int64_t)((0.5 + u) * (double)self->period_ns);
 }
 
@@ -1037,7 +1022,7 @@ run(void *arg)
 {
     SamplerObject *self = arg;
     wake_on_time();
-    if (!finalizing()) {
+    if (!ppf_finalizing()) {
         /* Needs no GIL (PyGILState_Ensure does the same); binds the state to this thread. */
         self->tstate = PyThreadState_New(self->interp);
         if (self->tstate == NULL) {
@@ -1085,7 +1070,7 @@ run(void *arg)
             next = next_instant(self, now);
         }
     }
-    if (self->tstate != NULL && !finalizing()) {
+    if (self->tstate != NULL && !ppf_finalizing()) {
         PyEval_RestoreThread(self->tstate);
         if (expired) { /* Nobody will take what it recorded: its memory and pins go now. */
             start_window(self);
@@ -1111,8 +1096,9 @@ Sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ip", keywords, &hz, &wall)) {
         return NULL;
     }
-    if (hz < 1 || hz > 1000) {
-        PyErr_Format(PyExc_ValueError, "hz must be between 1 and 1000, not %d", hz);
+    if (hz < 1 || hz > PPF_SAMPLER_MAX_HZ) {
+        PyErr_Format(PyExc_ValueError, "hz must be between 1 and %d, not %d", PPF_SAMPLER_MAX_HZ,
+                     hz);
         return NULL;
     }
     SamplerObject *self = (SamplerObject *)type->tp_alloc(type, 0);
@@ -1153,7 +1139,7 @@ Sampler_start(SamplerObject *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "a StackSampler can only be started once");
         return NULL;
     }
-    if (!stackread_available()) {
+    if (!ppf_stackread_available()) {
         PyErr_SetString(PyExc_OSError,
                         "this process cannot read its own memory with process_vm_readv");
         return NULL;
@@ -1223,7 +1209,7 @@ window_result(SamplerObject *self)
     for (uint32_t i = 0; records != NULL && i < self->n_entries; i++) {
         entry_t *e = self->entries[i];
         const label_t *label = &self->labels[e->label];
-        PyObject *stack = e->depth < 0 ? Py_NewRef(Py_None) : stack_tuple(e->frames, e->depth);
+        PyObject *stack = e->depth < 0 ? Py_NewRef(Py_None) : ppf_stack_tuple(e->frames, e->depth);
         PyObject *thread_alive = alive[e->label] ? Py_True : Py_False;
         PyObject *own = label->own ? Py_True : Py_False;
         records = append(records, stack == NULL ? NULL
@@ -1268,7 +1254,7 @@ keep_codes_in_entries(SamplerObject *self)
     for (uint32_t i = 0; used != NULL && i < self->n_entries; i++) {
         const entry_t *e = self->entries[i];
         for (int d = 0; d < e->depth; d++) {
-            const code_info_t *code = pinned_code(self, (uintptr_t)e->frames[d].code);
+            const ppf_code_info_t *code = pinned_code(self, (uintptr_t)e->frames[d].code);
             if (code != NULL) {
                 used[code - self->codes] = 1;
             }
@@ -1287,7 +1273,7 @@ keep_codes_in_entries(SamplerObject *self)
     memset(self->code_slots, 0, CODE_SLOTS * sizeof(uint32_t));
     self->n_codes = 0;
     for (uint32_t i = 0; i < kept; i++) {
-        code_info_t code = self->codes[i];
+        ppf_code_info_t code = self->codes[i];
         add_pinned(self, &code); /* Back at index i. */
     }
     /* A released code object's address may be another's when next met. */
@@ -1451,7 +1437,7 @@ static PyMethodDef Sampler_methods[] = {
 };
 
 static PyTypeObject SamplerType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyprofiler._native.StackSampler",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyprofiler.samplers._native.StackSampler",
     .tp_basicsize = sizeof(SamplerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "StackSampler(hz, wall): a native thread sampling every thread's stack without the "
@@ -1461,17 +1447,10 @@ static PyTypeObject SamplerType = {
     .tp_methods = Sampler_methods,
 };
 
-static PyMethodDef own_thread_functions[] = {
-    {"set_own_threads", set_own_threads, METH_O,
-     "set_own_threads(((ident, tid), ...)): pyprofiler's own threads, which StackSamplers leave "
-     "out unless told otherwise."},
-    {NULL, NULL, 0, NULL},
-};
-
 int
-sampler_init(PyObject *module)
+ppf_sampler_init(PyObject *module)
 {
-    if (PyType_Ready(&SamplerType) < 0 || PyModule_AddFunctions(module, own_thread_functions) < 0) {
+    if (PyType_Ready(&SamplerType) < 0) {
         return -1;
     }
     Py_INCREF(&SamplerType);

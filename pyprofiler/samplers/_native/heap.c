@@ -1,4 +1,4 @@
-/* pyprofiler._native: the sampling allocation hook behind the heap and allocs profiles.
+/* The sampling allocation hooks behind the heap and allocs profiles (see heap.h).
  *
  * Hooks the PYMEM_DOMAIN_OBJ and PYMEM_DOMAIN_MEM allocators (PEP 445). Every allocation
  * subtracts its size from a byte countdown; when the countdown runs out the allocation is
@@ -18,34 +18,23 @@
  * The object and memory domains are only ever called with the GIL held, which serializes the
  * sampling. The raw domain is called without it, so the table of tracked blocks and the free
  * counts are guarded by `tracked_mutex` too, and a raw free first asks a lock-free filter
- * whether its address can be tracked at all. The module's own memory comes from the raw
+ * whether its address can be tracked at all. The tables' own memory comes from the raw
  * allocator as it was before any hook; `in_hook` keeps anything the hook does from sampling
  * itself.
  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <math.h>
+#include "heap.h"
+
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "_native.h"
-#include "_native_stackread.h"
+#include "compat.h"
+#include "frames.h"
+#include "limits.h"
+#include "random.h"
 
-#if PY_VERSION_HEX < 0x030B0000
-#  include <frameobject.h>
-#else
-/* The interpreter's frame layout, as Modules/_tracemalloc.c reads it. */
-#  define Py_BUILD_CORE
-#  include "internal/pycore_frame.h"
-#  undef Py_BUILD_CORE
-#endif
-
-#define MAX_FRAMES 64
-#define MAX_BUCKETS 16384            /* distinct (stack, size class) pairs */
-#define BUCKET_SLOTS (MAX_BUCKETS * 2)
+#define BUCKET_SLOTS (PPF_HEAP_MAX_BUCKETS * 2)
 #define MAX_TRACKED (1 << 20)        /* live sampled blocks */
 #define MIN_TRACKED_SLOTS 4096
 #define FILTER_BITS 15               /* counters in the filter of tracked addresses */
@@ -63,7 +52,7 @@ typedef struct {
     uint64_t alloc_bytes; /* allocs * size, except in the overflow bucket, whose sizes vary */
     uint64_t free_bytes;
     int depth;
-    frame_t frames[]; /* leaf first; each code object referenced until reset() */
+    ppf_frame_t frames[]; /* leaf first; each code object referenced until reset() */
 } bucket_t;
 
 typedef struct {
@@ -87,7 +76,6 @@ static int raw_sampling; /* sampled blocks come from the raw domain, and only it
 static int in_hook;
 static Py_ssize_t rate;
 static Py_ssize_t countdown;
-static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
 
 static bucket_t **buckets;        /* dense, in creation order; bucket 0 is the overflow bucket */
 static uint32_t n_buckets;
@@ -116,33 +104,6 @@ static int release_scheduled;
 static uint64_t retire_tried_at;
 static size_t own_bytes;
 
-/* ---- random gaps ------------------------------------------------------------------------ */
-
-uint64_t
-native_random(void)
-{
-    /* xorshift64*: fast, and statistically plenty for choosing sample points. */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 0x2545F4914F6CDD1DULL;
-}
-
-static Py_ssize_t
-next_gap(void)
-{
-    if (rate <= 1) {
-        return rate;
-    }
-    /* Uniform in (0, 1], so the log is finite. */
-    double u = ((double)(native_random() >> 11) + 1.0) / 9007199254740992.0;
-    double gap = -log(u) * (double)rate;
-    if (gap > (double)PY_SSIZE_T_MAX / 2) {
-        gap = (double)PY_SSIZE_T_MAX / 2;
-    }
-    return (Py_ssize_t)gap + 1;
-}
-
 /* ---- raw memory, counted ---------------------------------------------------------------- */
 
 static void *
@@ -164,207 +125,6 @@ own_free(void *p, size_t size)
     }
 }
 
-/* ---- stacks ----------------------------------------------------------------------------- */
-
-#if PY_VERSION_HEX < 0x030B0000
-typedef PyFrameObject walk_t;
-#else
-typedef _PyInterpreterFrame walk_t;
-#endif
-
-/* Frames from `f` outwards, leaf first, at most `max`; *truncated is set when there were more.
- * Reads the interpreter's frames: no allocation, no frame objects. */
-static int
-walk_frames(walk_t *f, frame_t *out, int max, int *truncated)
-{
-    int depth = 0;
-#if PY_VERSION_HEX < 0x030B0000
-    for (; f != NULL; f = f->f_back) {
-        if (depth == max) {
-            *truncated = 1;
-            break;
-        }
-        out[depth].code = (PyObject *)f->f_code;
-        out[depth].lineno = PyFrame_GetLineNumber(f);
-        depth++;
-    }
-#else
-    for (; f != NULL; f = f->previous) {
-#  if PY_VERSION_HEX >= 0x030C0000
-        if (f->owner == FRAME_OWNED_BY_CSTACK || _PyFrame_IsIncomplete(f)) {
-            continue;
-        }
-#  else
-        if (_PyFrame_IsIncomplete(f)) {
-            continue;
-        }
-#  endif
-        if (depth == max) {
-            *truncated = 1;
-            break;
-        }
-#  if PY_VERSION_HEX >= 0x030D0000
-        out[depth].code = (PyObject *)_PyFrame_GetCode(f);
-        out[depth].lineno = PyUnstable_InterpreterFrame_GetLine(f);
-#  elif PY_VERSION_HEX >= 0x030C0000
-        out[depth].code = (PyObject *)f->f_code;
-        out[depth].lineno = PyUnstable_InterpreterFrame_GetLine(f);
-#  else
-        out[depth].code = (PyObject *)f->f_code;
-        out[depth].lineno = PyCode_Addr2Line(
-            f->f_code, _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
-#  endif
-        depth++;
-    }
-#endif
-    return depth;
-}
-
-/* The frame a thread is executing, or NULL when it runs no Python code. */
-static walk_t *
-top_frame(PyThreadState *tstate)
-{
-#if PY_VERSION_HEX < 0x030B0000
-    return tstate->frame;
-#elif PY_VERSION_HEX >= 0x030D0000
-    return tstate->current_frame;
-#else
-    return tstate->cframe->current_frame;
-#endif
-}
-
-static int
-thread_stack(PyThreadState *tstate, frame_t *out, int max, int *truncated)
-{
-    return walk_frames(top_frame(tstate), out, max, truncated);
-}
-
-int
-capture_stack(frame_t *out, int max, int *truncated)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    PyThreadState *tstate = PyThreadState_GetUnchecked();
-#else
-    PyThreadState *tstate = _PyThreadState_UncheckedGet();
-#endif
-    if (tstate == NULL) {
-        return 0;
-    }
-    return thread_stack(tstate, out, max, truncated);
-}
-
-PyObject *
-stack_tuple(const frame_t *frames, int depth)
-{
-    PyObject *stack = PyTuple_New(depth);
-    for (int i = 0; stack != NULL && i < depth; i++) {
-        PyObject *frame = Py_BuildValue("(Oi)", frames[i].code, frames[i].lineno);
-        if (frame == NULL) {
-            Py_CLEAR(stack);
-            break;
-        }
-        PyTuple_SET_ITEM(stack, i, frame);
-    }
-    return stack;
-}
-
-/* frame_stack(frame): ((code, line), ...) from a frame object outwards, leaf first, at most
- * 128 frames. For the CPU and wall samplers: walking f_back from Python would create a frame
- * object for every level on 3.11+. The GIL keeps the frames' thread from running meanwhile. */
-static PyObject *
-frame_stack(PyObject *module, PyObject *frame)
-{
-    if (!PyFrame_Check(frame)) {
-        PyErr_SetString(PyExc_TypeError, "expected a frame");
-        return NULL;
-    }
-    frame_t frames[MAX_SAMPLED_FRAMES];
-    int truncated = 0;
-#if PY_VERSION_HEX < 0x030B0000
-    int depth = walk_frames((PyFrameObject *)frame, frames, MAX_SAMPLED_FRAMES, &truncated);
-#else
-    int depth = walk_frames(((PyFrameObject *)frame)->f_frame, frames, MAX_SAMPLED_FRAMES,
-                            &truncated);
-#endif
-    return stack_tuple(frames, depth);
-}
-
-/* current_stack(skip): the calling thread's stack as ((code, line), ...), leaf first, without
- * its `skip` innermost frames; cheaper than walking sys._getframe(), which creates frame
- * objects on Python 3.11+. */
-static PyObject *
-current_stack(PyObject *module, PyObject *arg)
-{
-    Py_ssize_t skip = PyLong_AsSsize_t(arg);
-    if (skip == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    frame_t frames[MAX_FRAMES];
-    int truncated = 0;
-    int depth = capture_stack(frames, MAX_FRAMES, &truncated);
-    if (skip < 0 || skip > depth) {
-        skip = depth;
-    }
-    return stack_tuple(frames + skip, depth - (int)skip);
-}
-
-/* The line a suspended generator or coroutine stands at, read from its interpreter frame.
- * Asking Python for gi_frame/cr_frame instead would create a frame object per coroutine (3.11+),
- * and the collector would then have tens of thousands of new objects to traverse. */
-static PyObject *
-suspended_line(PyObject *module, PyObject *gen)
-{
-    if (!PyGen_Check(gen) && !PyCoro_CheckExact(gen) && !PyAsyncGen_CheckExact(gen)) {
-        PyErr_SetString(PyExc_TypeError, "expected a generator, coroutine or async generator");
-        return NULL;
-    }
-    PyGenObject *g = (PyGenObject *)gen;
-#if PY_VERSION_HEX >= 0x030B0000
-    if (g->gi_frame_state >= FRAME_COMPLETED) {
-        Py_RETURN_NONE;
-    }
-    _PyInterpreterFrame *frame = (_PyInterpreterFrame *)g->gi_iframe;
-#  if PY_VERSION_HEX >= 0x030C0000
-    int line = PyUnstable_InterpreterFrame_GetLine(frame);
-#  else
-    int line = PyCode_Addr2Line(frame->f_code,
-                                _PyInterpreterFrame_LASTI(frame) * (int)sizeof(_Py_CODEUNIT));
-#  endif
-#else
-    if (g->gi_frame == NULL) {
-        Py_RETURN_NONE;
-    }
-    int line = PyFrame_GetLineNumber(g->gi_frame);
-#endif
-    return PyLong_FromLong(line);
-}
-
-uint64_t
-hash_stack(const frame_t *frames, int depth, size_t size)
-{
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)size;
-    for (int i = 0; i < depth; i++) {
-        h = (h ^ (uint64_t)(uintptr_t)frames[i].code) * 1099511628211ULL;
-        h = (h ^ (uint64_t)(uint32_t)frames[i].lineno) * 1099511628211ULL;
-    }
-    return h;
-}
-
-/* Field by field: frame_t has padding, which memcmp would compare too. */
-int
-same_frames(const frame_t *a, const frame_t *b, int depth, int other_depth)
-{
-    if (depth != other_depth) {
-        return 0;
-    }
-    for (int i = 0; i < depth; i++) {
-        if (a[i].code != b[i].code || a[i].lineno != b[i].lineno) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* Blocks are counted by size class, as Go's runtime counts them: exact sizes would make a bucket
  * of every (stack, length) pair of strings and lists. pymalloc's 16-byte classes up to 512
  * bytes, then eight classes per doubling. */
@@ -380,9 +140,9 @@ size_class(size_t size)
 }
 
 static bucket_t *
-new_bucket(uint64_t hash, size_t size, const frame_t *frames, int depth)
+new_bucket(uint64_t hash, size_t size, const ppf_frame_t *frames, int depth)
 {
-    size_t bytes = sizeof(bucket_t) + (size_t)depth * sizeof(frame_t);
+    size_t bytes = sizeof(bucket_t) + (size_t)depth * sizeof(ppf_frame_t);
     bucket_t *b = own_calloc(1, bytes);
     if (b == NULL) {
         return NULL;
@@ -403,9 +163,9 @@ ensure_tables(void)
     if (buckets != NULL) {
         return 0;
     }
-    buckets = own_calloc(MAX_BUCKETS, sizeof(bucket_t *));
+    buckets = own_calloc(PPF_HEAP_MAX_BUCKETS, sizeof(bucket_t *));
     bucket_slots = own_calloc(BUCKET_SLOTS, sizeof(uint32_t));
-    free_indices = own_calloc(MAX_BUCKETS, sizeof(uint32_t));
+    free_indices = own_calloc(PPF_HEAP_MAX_BUCKETS, sizeof(uint32_t));
     tracked_t *table = own_calloc(MIN_TRACKED_SLOTS, sizeof(tracked_t));
     if (buckets == NULL || bucket_slots == NULL || free_indices == NULL || table == NULL) {
         own_free(table, MIN_TRACKED_SLOTS * sizeof(tracked_t));
@@ -475,10 +235,10 @@ static uint32_t
 retire_idle_buckets(void)
 {
     retire_tried_at = samples_taken;
-    if (listing || n_releasing >= (size_t)MAX_BUCKETS * MAX_FRAMES) {
+    if (listing || n_releasing >= (size_t)PPF_HEAP_MAX_BUCKETS * PPF_HEAP_MAX_DEPTH) {
         return 0; /* buckets() holds pointers to them, or no release came for too long. */
     }
-    uint64_t *ages = own_calloc(MAX_BUCKETS, sizeof(uint64_t));
+    uint64_t *ages = own_calloc(PPF_HEAP_MAX_BUCKETS, sizeof(uint64_t));
     if (ages == NULL) {
         return 0;
     }
@@ -489,7 +249,7 @@ retire_idle_buckets(void)
             ages[n_idle++] = buckets[i]->last_sample;
         }
     }
-    uint32_t wanted = n_idle < MAX_BUCKETS / 4 ? n_idle : MAX_BUCKETS / 4;
+    uint32_t wanted = n_idle < PPF_HEAP_MAX_BUCKETS / 4 ? n_idle : PPF_HEAP_MAX_BUCKETS / 4;
     uint64_t threshold = 0;
     if (wanted > 0) { /* The wanted-th oldest: quickselect. */
         uint32_t lo = 0, hi = n_idle - 1, k = wanted - 1;
@@ -533,7 +293,7 @@ retire_idle_buckets(void)
             continue;
         }
         if (n_releasing + (size_t)b->depth > releasing_capacity) {
-            size_t capacity = releasing_capacity * 2 + (size_t)MAX_FRAMES * 64;
+            size_t capacity = releasing_capacity * 2 + (size_t)PPF_HEAP_MAX_DEPTH * 64;
             PyObject **grown = own_calloc(capacity, sizeof(PyObject *));
             if (grown == NULL) {
                 break; /* It keeps its bucket. */
@@ -551,13 +311,13 @@ retire_idle_buckets(void)
         retired_counts[2] += b->alloc_bytes;
         retired_counts[3] += b->free_bytes;
         remove_bucket_slot(i);
-        own_free(b, sizeof(bucket_t) + (size_t)b->depth * sizeof(frame_t));
+        own_free(b, sizeof(bucket_t) + (size_t)b->depth * sizeof(ppf_frame_t));
         buckets[i] = NULL;
         free_indices[n_free_indices++] = i;
         retired++;
     }
     pthread_mutex_unlock(&tracked_mutex);
-    own_free(ages, MAX_BUCKETS * sizeof(uint64_t));
+    own_free(ages, PPF_HEAP_MAX_BUCKETS * sizeof(uint64_t));
     retired_buckets += retired;
     if (n_releasing > 0 && !release_scheduled) {
         release_scheduled = Py_AddPendingCall(release_retired_pending, NULL) == 0;
@@ -568,21 +328,21 @@ retire_idle_buckets(void)
 /* The bucket for (stack, size class); the overflow bucket when the table is full and nothing
  * in it can be retired. */
 static uint32_t
-find_bucket(const frame_t *frames, int depth, size_t size)
+find_bucket(const ppf_frame_t *frames, int depth, size_t size)
 {
     size_t key = size_class(size);
-    uint64_t hash = hash_stack(frames, depth, key);
+    uint64_t hash = ppf_hash_stack(frames, depth, key);
     size_t mask = BUCKET_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = bucket_slots[i];
         if (index == 0) {
-            if (n_free_indices == 0 && n_buckets >= MAX_BUCKETS &&
+            if (n_free_indices == 0 && n_buckets >= PPF_HEAP_MAX_BUCKETS &&
                 samples_taken - retire_tried_at >= RETIRE_EVERY && retire_idle_buckets() > 0) {
                 return find_bucket(frames, depth, size); /* The probe run may have moved. */
             }
             int reuse = n_free_indices > 0;
             uint32_t at = reuse ? free_indices[n_free_indices - 1] : n_buckets;
-            bucket_t *b = at < MAX_BUCKETS ? new_bucket(hash, key, frames, depth) : NULL;
+            bucket_t *b = at < PPF_HEAP_MAX_BUCKETS ? new_bucket(hash, key, frames, depth) : NULL;
             if (b == NULL) {
                 dropped_stacks++;
                 return 0;
@@ -594,7 +354,8 @@ find_bucket(const frame_t *frames, int depth, size_t size)
             return at;
         }
         bucket_t *b = buckets[index - 1];
-        if (b->hash == hash && b->size == key && same_frames(b->frames, frames, depth, b->depth)) {
+        if (b->hash == hash && b->size == key &&
+            ppf_same_frames(b->frames, frames, depth, b->depth)) {
             return index - 1;
         }
     }
@@ -718,11 +479,11 @@ untrack(void *ptr)
 static void
 sample(void *ptr, size_t size)
 {
-    frame_t frames[MAX_FRAMES];
+    ppf_frame_t frames[PPF_HEAP_MAX_DEPTH];
     in_hook = 1;
     samples_taken++;
     int truncated = 0;
-    int depth = capture_stack(frames, MAX_FRAMES, &truncated);
+    int depth = ppf_capture_stack(frames, PPF_HEAP_MAX_DEPTH, &truncated);
     truncated_stacks += truncated;
     uint32_t bucket = find_bucket(frames, depth, size);
     bucket_t *b = buckets[bucket];
@@ -737,7 +498,7 @@ sample(void *ptr, size_t size)
         dropped_blocks++;
     }
     pthread_mutex_unlock(&tracked_mutex);
-    countdown = next_gap();
+    countdown = ppf_next_gap(rate);
     in_hook = 0;
 }
 
@@ -948,8 +709,8 @@ forget_tracked(void)
 
 /* ---- Python interface ------------------------------------------------------------------- */
 
-static PyObject *
-set_rate(PyObject *module, PyObject *arg)
+PyObject *
+ppf_heap_set_rate(PyObject *module, PyObject *arg)
 {
     Py_ssize_t new_rate = PyLong_AsSsize_t(arg);
     if (new_rate == -1 && PyErr_Occurred()) {
@@ -964,7 +725,7 @@ set_rate(PyObject *module, PyObject *arg)
         return PyErr_NoMemory();
     }
     rate = new_rate;
-    countdown = next_gap();
+    countdown = ppf_next_gap(rate);
     if (new_rate > 0 && !hooked) {
         forget_tracked();
         const char *allocator = _PyMem_GetCurrentAllocatorName();
@@ -994,8 +755,8 @@ set_rate(PyObject *module, PyObject *arg)
     return PyLong_FromSsize_t(previous);
 }
 
-static PyObject *
-get_rate(PyObject *module, PyObject *unused)
+PyObject *
+ppf_heap_get_rate(PyObject *module, PyObject *unused)
 {
     return PyLong_FromSsize_t(rate);
 }
@@ -1003,8 +764,8 @@ get_rate(PyObject *module, PyObject *unused)
 /* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes); frames is a tuple
  * of (code, line), leaf first; the overflow bucket is the one with frames None, and the counts
  * of retired buckets, summed, the one with frames "retired". */
-static PyObject *
-buckets_list(PyObject *module, PyObject *unused)
+PyObject *
+ppf_heap_buckets(PyObject *module, PyObject *unused)
 {
     if (buckets == NULL) {
         return PyList_New(0);
@@ -1041,21 +802,7 @@ buckets_list(PyObject *module, PyObject *unused)
         if (counts[i][0] == 0) {
             continue;
         }
-        PyObject *frames = NULL;
-        if (i == 0) {
-            Py_INCREF(Py_None);
-            frames = Py_None;
-        }
-        else if ((frames = PyTuple_New(b->depth)) != NULL) {
-            for (int d = 0; d < b->depth; d++) {
-                PyObject *frame = Py_BuildValue("(Oi)", b->frames[d].code, b->frames[d].lineno);
-                if (frame == NULL) {
-                    Py_CLEAR(frames);
-                    break;
-                }
-                PyTuple_SET_ITEM(frames, d, frame);
-            }
-        }
+        PyObject *frames = i == 0 ? Py_NewRef(Py_None) : ppf_stack_tuple(b->frames, b->depth);
         PyObject *item =
             frames == NULL
                 ? NULL
@@ -1085,8 +832,8 @@ buckets_list(PyObject *module, PyObject *unused)
     return result;
 }
 
-static PyObject *
-stats(PyObject *module, PyObject *unused)
+PyObject *
+ppf_heap_stats(PyObject *module, PyObject *unused)
 {
     return Py_BuildValue(
         "{s:n,s:K,s:n,s:K,s:K,s:K,s:n,s:K,s:n,s:s}", "rate", rate, "samples",
@@ -1122,7 +869,7 @@ free_tables(int release_code)
     samples_taken = dropped_stacks = dropped_blocks = truncated_stacks = 0;
     retire_tried_at = retired_buckets = 0;
     memset(retired_counts, 0, sizeof retired_counts);
-    own_free(free_indices, MAX_BUCKETS * sizeof(uint32_t));
+    own_free(free_indices, PPF_HEAP_MAX_BUCKETS * sizeof(uint32_t));
     free_indices = NULL;
     n_free_indices = 0;
     if (release_code) {
@@ -1137,14 +884,14 @@ free_tables(int release_code)
         for (int d = 0; release_code && d < b->depth; d++) {
             Py_DECREF(b->frames[d].code);
         }
-        own_free(b, sizeof(bucket_t) + (size_t)b->depth * sizeof(frame_t));
+        own_free(b, sizeof(bucket_t) + (size_t)b->depth * sizeof(ppf_frame_t));
     }
-    own_free(old, MAX_BUCKETS * sizeof(bucket_t *));
+    own_free(old, PPF_HEAP_MAX_BUCKETS * sizeof(bucket_t *));
 }
 
 /* Forget every sample; sampling goes on at the current rate. */
-static PyObject *
-reset(PyObject *module, PyObject *unused)
+PyObject *
+ppf_heap_reset(PyObject *module, PyObject *unused)
 {
     if (listing) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reset while buckets() runs in another thread");
@@ -1162,8 +909,8 @@ reset(PyObject *module, PyObject *unused)
 
 /* In a forked child: start from clean tables. The code objects the parent's buckets hold stay
  * referenced (a small leak) because releasing them here could run arbitrary finalizers. */
-static PyObject *
-after_fork_in_child(PyObject *module, PyObject *unused)
+int
+ppf_heap_after_fork(void)
 {
     in_hook = 1;
     listing = 0;
@@ -1171,50 +918,11 @@ after_fork_in_child(PyObject *module, PyObject *unused)
     int failed = rate > 0 && ensure_tables() < 0;
     in_hook = 0;
     if (failed) {
-        return PyErr_NoMemory();
+        return -1;
     }
-    rng_state ^= (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL;
-    countdown = next_gap();
-    locks_after_fork();
-    Py_RETURN_NONE;
+    countdown = ppf_next_gap(rate);
+    return 0;
 }
-
-static PyMethodDef methods[] = {
-    {"set_rate", set_rate, METH_O, "Set the mean bytes between samples (0 removes the hooks); "
-                                   "returns the previous rate."},
-    {"get_rate", get_rate, METH_NOARGS, "The current mean bytes between samples."},
-    {"buckets", buckets_list, METH_NOARGS,
-     "Sampled allocations: [(frames, allocs, frees, alloc_bytes, free_bytes)]."},
-    {"stats", stats, METH_NOARGS, "The sampler's own counters."},
-    {"frame_stack", frame_stack, METH_O,
-     "frame_stack(frame): ((code, line), ...) from a frame outwards, without frame objects."},
-    {"current_stack", current_stack, METH_O,
-     "current_stack(skip): this thread's ((code, line), ...), leaf first, without frame objects."},
-    {"suspended_line", suspended_line, METH_O,
-     "The line a generator or coroutine is suspended at (None once finished), without "
-     "creating its frame object."},
-    {"stack_reads_available", stack_reads_available, METH_NOARGS,
-     "Whether the sampler can copy this process's stacks without the GIL (process_vm_readv)."},
-    {"line_of", line_of, METH_VARARGS,
-     "line_of(code, offset): the line at a bytecode offset, as the sampler reads it."},
-    {"reset", reset, METH_NOARGS, "Forget every sample."},
-    {"after_fork_in_child", after_fork_in_child, METH_NOARGS, "Clean state in a forked child."},
-    {"set_lock_profiling", set_lock_profiling, METH_VARARGS,
-     "set_lock_profiling(block_rate_ns, mutex_fraction, label_lock): what the Lock and RLock "
-     "types record, and what labels a new entry (label_lock(lock) -> str, or None not to "
-     "record)."},
-    {"lock_contentions", lock_contentions, METH_O,
-     "lock_contentions('block' or 'mutex'): [(((code, line), ...), label, count, delay_ns)]."},
-    {"clear_lock_contentions", clear_lock_contentions, METH_NOARGS,
-     "Forget every contention the Lock and RLock types recorded."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "pyprofiler._native",
-    "Sampling allocation hooks (heap, allocs) and contention-reporting locks (block, mutex).",
-    -1, methods,
-};
 
 /* Whoever holds tracked_mutex at fork (a raw free in another thread) is not in the child. */
 static void
@@ -1229,24 +937,13 @@ unlock_tracked(void)
     pthread_mutex_unlock(&tracked_mutex);
 }
 
-PyMODINIT_FUNC
-PyInit__native(void)
+void
+ppf_heap_init(void)
 {
-    static int initialized;
+    static int initialized; /* Once: later, the raw domain may be our own hook. */
     if (!initialized) {
         PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &own_allocator);
         pthread_atfork(lock_tracked, unlock_tracked, unlock_tracked);
         initialized = 1;
     }
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    rng_state ^= (uint64_t)now.tv_nsec * 0xBF58476D1CE4E5B9ULL ^ (uint64_t)getpid();
-    if (rng_state == 0) {
-        rng_state = 0x9E3779B97F4A7C15ULL;
-    }
-    PyObject *module = PyModule_Create(&module_def);
-    if (module != NULL && (locks_init(module) < 0 || sampler_init(module) < 0)) {
-        Py_CLEAR(module);
-    }
-    return module;
 }

@@ -1,4 +1,4 @@
-/* Reading every thread's Python stack without the GIL: see _native_stackread.h.
+/* Reading every thread's Python stack without the GIL: see stackread.h.
  *
  * Layouts come from the headers of the Python being built for (offsetof, never hard-coded
  * offsets), so each of 3.9 to 3.13 reads its own structures:
@@ -9,7 +9,8 @@
  * that the frames of a running thread come from one instant rather than one read each.
  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "stackread.h"
+
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -27,7 +28,6 @@
 #  error "the free-threaded build keeps no GIL-bound frames to read: not supported"
 #endif
 
-#include "_native_stackread.h"
 
 /* A walk longer than this has met a cycle in memory that changed as it was read. */
 #define MAX_WALK_STEPS 4096
@@ -57,7 +57,7 @@ safe_read(uintptr_t address, void *out, size_t size)
 }
 
 int
-stackread_available(void)
+ppf_stackread_available(void)
 {
     static const uint64_t probe = 0x5079707266696c65ULL;
     uint64_t copy = 0;
@@ -66,25 +66,26 @@ stackread_available(void)
 }
 
 PyObject *
-stack_reads_available(PyObject *module, PyObject *unused)
+ppf_stack_reads_available(PyObject *module, PyObject *unused)
 {
-    return PyBool_FromLong(stackread_available());
+    return PyBool_FromLong(ppf_stackread_available());
 }
 
 PyObject *
-line_of(PyObject *module, PyObject *args)
+ppf_line_of(PyObject *module, PyObject *args)
 {
     PyObject *code;
     int offset;
     if (!PyArg_ParseTuple(args, "O!i", &PyCode_Type, &code, &offset)) {
         return NULL;
     }
-    code_info_t info;
-    if (!stackread_available() || copy_code((uintptr_t)code, &info) < 0 || pin_code(&info) < 0) {
+    ppf_code_info_t info;
+    if (!ppf_stackread_available() || ppf_copy_code((uintptr_t)code, &info) < 0 ||
+        ppf_pin_code(&info) < 0) {
         PyErr_SetString(PyExc_RuntimeError, "the code object could not be copied");
         return NULL;
     }
-    int line = code_line(&info, offset);
+    int line = ppf_code_line(&info, offset);
     Py_DECREF(info.pinned);
     return PyLong_FromLong(line);
 }
@@ -92,7 +93,7 @@ line_of(PyObject *module, PyObject *args)
 /* ---- thread states ------------------------------------------------------------------------ */
 
 static int
-from_state(const PyThreadState *ts, PyInterpreterState *interp, thread_copy_t *out)
+from_state(const PyThreadState *ts, PyInterpreterState *interp, ppf_thread_copy_t *out)
 {
     if (ts->interp != interp) {
         return -1;
@@ -111,14 +112,15 @@ from_state(const PyThreadState *ts, PyInterpreterState *interp, thread_copy_t *o
     out->frame = (uintptr_t)ts->current_frame;
     out->frame_known = 1;
 #  else
-    out->frame = (uintptr_t)ts->cframe; /* read by thread_frame() when it is needed */
+    out->frame = (uintptr_t)ts->cframe; /* read by ppf_thread_frame() when it is needed */
     out->frame_known = ts->cframe == NULL;
 #  endif
     if (ts->datastack_chunk != NULL) {
         uintptr_t data = (uintptr_t)ts->datastack_chunk + offsetof(_PyStackChunk, data);
         uintptr_t top = (uintptr_t)ts->datastack_top;
         if (top > data && top - data < ((uintptr_t)1 << 30)) {
-            out->region_start = top - data > STACK_REGION_BYTES ? top - STACK_REGION_BYTES : data;
+            out->region_start =
+                top - data > PPF_STACK_REGION_BYTES ? top - PPF_STACK_REGION_BYTES : data;
             out->region_end = top;
         }
     }
@@ -127,7 +129,7 @@ from_state(const PyThreadState *ts, PyInterpreterState *interp, thread_copy_t *o
 }
 
 int
-copy_thread(uintptr_t address, PyInterpreterState *interp, thread_copy_t *out)
+ppf_copy_thread(uintptr_t address, PyInterpreterState *interp, ppf_thread_copy_t *out)
 {
     PyThreadState ts;
     if (safe_read(address, &ts, sizeof ts) < 0) {
@@ -137,21 +139,21 @@ copy_thread(uintptr_t address, PyInterpreterState *interp, thread_copy_t *out)
 }
 
 int
-copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *interp, void *scratch,
-             thread_copy_t *out, char *copied)
+ppf_copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *interp, void *scratch,
+                 ppf_thread_copy_t *out, char *copied)
 {
     PyThreadState *states = scratch;
-    struct iovec remote[IOV_BATCH];
+    struct iovec remote[PPF_IOV_BATCH];
     memset(copied, 0, (size_t)n);
-    if (n > IOV_BATCH) {
-        n = IOV_BATCH;
+    if (n > PPF_IOV_BATCH) {
+        n = PPF_IOV_BATCH;
     }
     int valid = 0;
     for (int i = 0; i < n; i++) {
         remote[i] = (struct iovec){(void *)addresses[i], sizeof(PyThreadState)};
     }
     struct iovec local = {states, (size_t)n * sizeof(PyThreadState)};
-    /* Stops at the first state that cannot be read (the rest are left to copy_thread()). */
+    /* Stops at the first state that cannot be read (the rest are left to ppf_copy_thread()). */
     ssize_t read = process_vm_readv(self_pid, &local, 1, remote, (unsigned long)n, 0);
     int complete = read < 0 ? 0 : (int)((size_t)read / sizeof(PyThreadState));
     for (int i = 0; i < complete; i++) {
@@ -164,7 +166,7 @@ copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *interp, void
 }
 
 int
-thread_frame(thread_copy_t *thread)
+ppf_thread_frame(ppf_thread_copy_t *thread)
 {
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
     if (!thread->frame_known) {
@@ -204,7 +206,7 @@ live_object(const PyObject *copy)
 }
 
 int
-copy_code(uintptr_t address, code_info_t *out)
+ppf_copy_code(uintptr_t address, ppf_code_info_t *out)
 {
     union {
         PyCodeObject code;
@@ -244,7 +246,7 @@ copy_code(uintptr_t address, code_info_t *out)
 }
 
 static int
-same_code(const code_info_t *a, const code_info_t *b)
+same_code(const ppf_code_info_t *a, const ppf_code_info_t *b)
 {
     return a->address == b->address && a->first_instr == b->first_instr && a->size == b->size &&
            a->first_traceable == b->first_traceable && a->firstlineno == b->firstlineno &&
@@ -252,12 +254,12 @@ same_code(const code_info_t *a, const code_info_t *b)
 }
 
 int
-pin_code(code_info_t *info)
+ppf_pin_code(ppf_code_info_t *info)
 {
-    code_info_t now;
+    ppf_code_info_t now;
     /* Copied again, not read: unpinned, the object may have been freed since it was seen; once
      * it is live again, the GIL keeps it so. */
-    if (copy_code(info->address, &now) < 0 || !same_code(&now, info)) {
+    if (ppf_copy_code(info->address, &now) < 0 || !same_code(&now, info)) {
         return -1;
     }
     PyCodeObject *code = (PyCodeObject *)info->address;
@@ -277,7 +279,7 @@ pin_code(code_info_t *info)
 /* A thread's stack starts with a function; one that seems to start with a generator or
  * coroutine was read as it yielded (its link to its caller cut), with the rest missing. */
 static int
-ends_in_generator(const code_info_t *bottom, uintptr_t next, int truncated)
+ends_in_generator(const ppf_code_info_t *bottom, uintptr_t next, int truncated)
 {
     return bottom != NULL && next == 0 && !truncated &&
            (bottom->flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR));
@@ -301,7 +303,7 @@ safe_read2(uintptr_t first, void *out_first, size_t first_size, uintptr_t second
 
 /* How a walk makes sure that what it copies held together, without stopping the thread:
  *   - a frame is only used if it points at an instruction inside its own code object, and that
- *     code object is one (copy_code, pin_code);
+ *     code object is one (ppf_copy_code, ppf_pin_code);
  *   - frames read one by one: each is read together with the link of the frame reached before
  *     it (its callee), read again after it; the callee must still be linked to it, so the two
  *     were caller and callee at once (a caller outlives its callee);
@@ -347,15 +349,16 @@ link_field(const unsigned char *link, size_t offset)
 }
 
 int
-copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, void *context,
-           unsigned char *region, raw_frame_t *out, int max, int *truncated)
+ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t lookup,
+               void *context, unsigned char *region, ppf_raw_frame_t *out, int max,
+               int *truncated)
 {
     PyThreadState ts;
     int64_t began = monotonic_ns();
     if (safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
         return -1;
     }
-    thread_copy_t bounds;
+    ppf_thread_copy_t bounds;
     from_state(&ts, interp, &bounds);
     uintptr_t start = bounds.region_start, end = bounds.region_end;
     uintptr_t top = TOP_FRAME(ts, tstate), address = 0;
@@ -374,7 +377,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         return -1;
     }
     int depth = 0;
-    const code_info_t *bottom = NULL;
+    const ppf_code_info_t *bottom = NULL;
     uintptr_t callee = 0, callee_code = 0;
     int callee_pushed = 0; /* the callee was pushed by the thread: its caller ends where it began */
     for (int steps = 0; address != 0; steps++) {
@@ -421,7 +424,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
             continue;
         }
 #  endif
-        const code_info_t *code = lookup(context, FRAME_CODE(frame));
+        const ppf_code_info_t *code = lookup(context, FRAME_CODE(frame));
         if (code == NULL) {
             return -1;
         }
@@ -452,7 +455,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
             *truncated = 1;
             break;
         }
-        out[depth++] = (raw_frame_t){FRAME_CODE(frame), offset, 0};
+        out[depth++] = (ppf_raw_frame_t){FRAME_CODE(frame), offset, 0};
         bottom = code;
     }
     return ends_in_generator(bottom, address, *truncated) ? -1 : depth;
@@ -464,8 +467,9 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
 #  define LINK_END (offsetof(PyFrameObject, f_code) + sizeof(void *))
 
 int
-copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, void *context,
-           unsigned char *region, raw_frame_t *out, int max, int *truncated)
+ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t lookup,
+               void *context, unsigned char *region, ppf_raw_frame_t *out, int max,
+               int *truncated)
 {
     PyThreadState ts;
     int64_t began = monotonic_ns();
@@ -473,7 +477,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         return -1;
     }
     int depth = 0;
-    const code_info_t *bottom = NULL;
+    const ppf_code_info_t *bottom = NULL;
     uintptr_t address = (uintptr_t)ts.frame, callee = 0, callee_code = 0;
     for (int steps = 0; address != 0; steps++) {
         PyFrameObject frame;
@@ -500,7 +504,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
         if (!live_object((PyObject *)&frame) || Py_TYPE((PyObject *)&frame) != &PyFrame_Type) {
             return -1;
         }
-        const code_info_t *code = lookup(context, (uintptr_t)frame.f_code);
+        const ppf_code_info_t *code = lookup(context, (uintptr_t)frame.f_code);
         if (code == NULL) {
             return -1;
         }
@@ -521,7 +525,7 @@ copy_stack(uintptr_t tstate, PyInterpreterState *interp, code_lookup_t lookup, v
             *truncated = 1;
             break;
         }
-        out[depth++] = (raw_frame_t){callee_code, offset, line};
+        out[depth++] = (ppf_raw_frame_t){callee_code, offset, line};
         bottom = code;
     }
     return ends_in_generator(bottom, address, *truncated) ? -1 : depth;
@@ -551,7 +555,7 @@ read_varint(const unsigned char **p, const unsigned char *end)
 }
 
 int
-code_line(const code_info_t *info, int offset)
+ppf_code_line(const ppf_code_info_t *info, int offset)
 {
     if (offset < 0) {
         return info->firstlineno;
@@ -585,7 +589,7 @@ code_line(const code_info_t *info, int offset)
 
 /* PEP 626's table: (bytes, line delta) pairs, a delta of -128 meaning "no line". */
 int
-code_line(const code_info_t *info, int offset)
+ppf_code_line(const ppf_code_info_t *info, int offset)
 {
     if (offset < 0) {
         return info->firstlineno;
@@ -608,7 +612,7 @@ code_line(const code_info_t *info, int offset)
 
 /* co_lnotab: (bytes, line delta) pairs. */
 int
-code_line(const code_info_t *info, int offset)
+ppf_code_line(const ppf_code_info_t *info, int offset)
 {
     int line = info->firstlineno, address = 0;
     for (Py_ssize_t i = 0; i + 1 < info->table_size; i += 2) {
