@@ -14,7 +14,8 @@ import pytest
 from conftest import go_pprof, raw_samples, spin, threads_running, top_table, wait_until
 
 import pyprofiler
-from pyprofiler import cpu, proto, stack_sampler, stack_table
+from pyprofiler import cpu, proto
+from pyprofiler.samplers import stack_native, stack_table
 
 
 class Spinner:
@@ -111,7 +112,7 @@ def test_every_sample_has_thread_label(busy_profile):
     # a thread never seen on a CPU: no sample, its CPU under a frame of its own.
     assert all(cpu_ns > 0 for (_, cpu_ns), _ in samples)
     for sample in proto.decode(busy_profile.read_bytes()).samples:
-        assert sample.values[0] >= 1 or sample.frames == (stack_sampler.NOT_SEEN_ON_A_CPU,)
+        assert sample.values[0] >= 1 or sample.frames == (stack_native.NOT_SEEN_ON_A_CPU,)
 
 
 def test_thread_label_matches_the_thread_running_the_function(busy_profile):
@@ -357,7 +358,8 @@ def test_sampler_thread_does_not_profile_itself(busy_profile):
     # frames do in Go; the sampler thread's loop must not.)
     samples = raw_samples(go_pprof(["-raw"], busy_profile))
     assert not {labels["thread"] for _, labels in samples} & {"pyprofiler-CpuSampler"}
-    assert "pyprofiler.stack_sampler.StackSampler._run" not in go_pprof(["-top"], busy_profile)
+    python_sampler = "pyprofiler.samplers.stack_python.PythonStackBackend._run"
+    assert python_sampler not in go_pprof(["-top"], busy_profile)
 
 
 def test_spin_helper_is_named_in_profile(tmp_path):

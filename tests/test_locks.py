@@ -25,8 +25,8 @@ import requests
 from conftest import go_pprof, pprof_traces, raw_samples, run_in_child, running_server, wait_until
 
 import pyprofiler
-from pyprofiler import locks
-from pyprofiler.native import native
+from pyprofiler.samplers import locks
+from pyprofiler.samplers.native import native
 
 MOD = __name__
 TIMEOUT = 30  # Per HTTP request.
