@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import go_pprof, raw_samples, spin, threads_running, top_table, wait_until
+from support import go_pprof, raw_samples, spin, threads_running, top_table, wait_until
 
 import pyprofiler
 from pyprofiler import cpu, proto
@@ -363,11 +363,11 @@ def test_sampler_thread_does_not_profile_itself(busy_profile):
 
 
 def test_spin_helper_is_named_in_profile(tmp_path):
-    # The conftest spinner is a plain function: module.function naming.
+    # The support spinner is a plain function: module.function naming.
     path = tmp_path / "plain.pb.gz"
     with threads_running(("plain", spin)):
         cpu_profile(path, seconds=0.5)
-    assert "conftest.spin" in top_table(go_pprof(["-top"], path))
+    assert "support.spin" in top_table(go_pprof(["-top"], path))
 
 
 class Computes:
@@ -392,5 +392,5 @@ def test_computing_inside_a_warm_init_is_seen(tmp_path):
         time.sleep(0.5)
         pyprofiler.stop_cpu_profile()
     table = top_table(go_pprof(["-top", "-tagfocus", "thread=constructor"], path))
-    assert table.get("conftest.spin", (0, 0))[1] > 90, table
+    assert table.get("support.spin", (0, 0))[1] > 90, table
     assert table.get(f"{__name__}.Computes.__init__", (0, 0))[1] > 90, table

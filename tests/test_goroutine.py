@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import pytest
 import requests
-from conftest import go_pprof, pprof_traces, top_counts, wait_until
+from support import go_pprof, pprof_traces, top_counts, wait_until
 
 import pyprofiler
 from pyprofiler import registry, stalls

@@ -31,7 +31,7 @@ from pathlib import Path
 import heap_workload
 import pytest
 import requests
-from conftest import go_pprof, pprof_traces, raw_samples, run_in_child
+from support import go_pprof, pprof_traces, raw_samples, run_in_child
 
 import pyprofiler
 from pyprofiler import heap, proto

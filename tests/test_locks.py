@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, pprof_traces, raw_samples, run_in_child, running_server, wait_until
+from support import go_pprof, pprof_traces, raw_samples, run_in_child, running_server, wait_until
 
 import pyprofiler
 from pyprofiler.samplers import locks

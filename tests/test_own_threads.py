@@ -12,7 +12,7 @@ import time
 
 import pytest
 import requests
-from conftest import go_pprof, raw_samples, running_server
+from support import go_pprof, raw_samples, running_server
 
 import pyprofiler
 from pyprofiler import proto, samplers

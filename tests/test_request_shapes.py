@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-from conftest import go_pprof, raw_samples, top_table
 from request_workload import WAITS, Workers
+from support import go_pprof, raw_samples, top_table
 
 import pyprofiler
 from pyprofiler.samplers.native import native

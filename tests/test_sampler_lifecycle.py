@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from conftest import run_in_child, spin, threads_running, wait_until
+from support import run_in_child, spin, threads_running, wait_until
 from test_cpu import _asleep_in_wait
 
 from pyprofiler import samplers
@@ -74,7 +74,7 @@ def test_stop_while_threads_start_and_exit_rapidly():
             assert time.monotonic() - started < 5
         for sampler, snapshot in zip(samplers, snapshots):
             assert sampler.error is None
-            assert "conftest.spin" in functions(snapshot, "spinner")
+            assert "support.spin" in functions(snapshot, "spinner")
             seen_short_lived |= f"{__name__}.short_lived" in functions(snapshot)
     assert seen_short_lived
 
@@ -111,7 +111,7 @@ def test_cpu_and_wall_at_the_same_time():
         idle.set()
     assert cpu_snapshot.sample_types[1].type == "cpu"
     assert wall_snapshot.sample_types[1].type == "wall"
-    assert "conftest.spin" in functions(cpu_snapshot, "spinner")
+    assert "support.spin" in functions(cpu_snapshot, "spinner")
     assert "idler" not in threads(cpu_snapshot)
     assert {"spinner", "idler"} <= threads(wall_snapshot)
     # Each sampler's thread is in neither profile (the caller's stop() frames may be).
@@ -152,7 +152,7 @@ def test_fork_while_sampling():
         finally:
             snapshots = [sampler.stop() for sampler in inherited]
     for snapshot in snapshots:
-        assert "conftest.spin" in functions(snapshot, "spinner")
+        assert "support.spin" in functions(snapshot, "spinner")
 
 
 def test_child_exits_without_stopping_inherited_samplers():
@@ -271,7 +271,7 @@ def test_consecutive_cuts_add_up_to_the_thread_clock(sampler_class):
     else:
         elapsed = sum(w.duration_nanos for w in windows)
         assert 0.8 * elapsed < spinner_total < 1.2 * elapsed
-    assert all("conftest.spin" in functions(w, "spinner") for w in windows[:-2])
+    assert all("support.spin" in functions(w, "spinner") for w in windows[:-2])
 
 
 def test_an_expired_sampler_ends_and_a_cut_calls_expiry_off():
@@ -282,7 +282,7 @@ def test_an_expired_sampler_ends_and_a_cut_calls_expiry_off():
         time.sleep(0.1)
         assert sampler.cut() is not None  # In time: it goes on.
         time.sleep(0.4)
-        assert "conftest.spin" in functions(sampler.cut())
+        assert "support.spin" in functions(sampler.cut())
         sampler.expire_after(0.05)
         time.sleep(0.5)  # A cut() would call the expiry off: one only, after it.
         assert sampler.cut() is None

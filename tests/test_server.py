@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import running_server, wait_until
+from support import running_server, wait_until
 
 import pyprofiler
 from pyprofiler.samplers import native

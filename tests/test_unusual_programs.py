@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, raw_locations, read_line
+from support import go_pprof, raw_locations, read_line
 
 import pyprofiler
 from pyprofiler import proto, render_text, symbols
