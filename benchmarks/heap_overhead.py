@@ -38,11 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pyprofiler
-
-try:
-    from pyprofiler.samplers import _native
-except ImportError:
-    _native = None
+from pyprofiler.samplers.native import native as _native
 
 KIB = 1024
 

@@ -51,8 +51,8 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 import pyprofiler
-from pyprofiler import locks
-from pyprofiler.native import native
+from pyprofiler.samplers import locks
+from pyprofiler.samplers.native import native
 
 HOST = "127.0.0.1"
 MAX_REQUESTS = 500_000  # Per block; the block's duration is what normally ends it.

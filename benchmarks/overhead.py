@@ -44,10 +44,11 @@ from common import (
 from werkzeug.serving import make_server
 from workloads import Crowd, Split, create_app
 
-from pyprofiler import proto, stack_sampler
-from pyprofiler.native import native
+from pyprofiler import proto
+from pyprofiler.samplers import stack_python
+from pyprofiler.samplers.native import native
+from pyprofiler.samplers.stack import CpuSampler
 from pyprofiler.snapshot import Snapshot
-from pyprofiler.stack_sampler import CpuSampler
 
 HOST = "127.0.0.1"
 UNLIMITED_ROUNDS = 1 << 40  # For work that is halted rather than run to the end.
@@ -123,15 +124,15 @@ def calibrate(crowd: Crowd, seconds: float) -> int:
 
 
 def tick_costs(crowd: Crowd, count: int, hz: int) -> tuple[list[int], float]:
-    """Nanoseconds per CpuSampler._tick(sys._current_frames()) of the Python sampler thread (the
+    """Nanoseconds per CPU tick(sys._current_frames()) of the Python sampler thread (the
     native one's cost is only in "sampler CPU per 1/hz"), timed from this thread while the
     crowd works, one tick per 1/hz as the sampler thread does (back-to-back ticks would find the
     caches warm and the busy threads without new CPU to record); and the CPUs that other
     processes used meanwhile."""
-    sampler = CpuSampler(hz)
+    ticks = stack_python.PythonStackBackend(hz, wall=False).ticks
     # Listed as a sampler thread, this thread is skipped by the ticks as the sampler's own is.
-    stack_sampler._sampler_idents.add(threading.get_ident())
-    sampler._begin()
+    stack_python._sampler_idents.add(threading.get_ident())
+    ticks.begin()
     costs = []
     machine = MachineLoad()
     crowd.start(UNLIMITED_ROUNDS)
@@ -139,12 +140,12 @@ def tick_costs(crowd: Crowd, count: int, hz: int) -> tuple[list[int], float]:
         while len(costs) < count:
             time.sleep(1 / hz)
             start = time.perf_counter_ns()
-            sampler._tick(sys._current_frames())
+            ticks.tick(sys._current_frames())
             costs.append(time.perf_counter_ns() - start)
     finally:
         crowd.halt()
         crowd.join()
-        stack_sampler._sampler_idents.discard(threading.get_ident())
+        stack_python._sampler_idents.discard(threading.get_ident())
     return costs, machine.others()
 
 

@@ -7,14 +7,16 @@ then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=10`. In a 
 application, mount `asgi_app()`, `create_app()` (WSGI) or `blueprint()` (Flask) instead.
 """
 
+# contention registers the block and mutex profiles; fork is the one at-fork entry.
+from pyprofiler import contention, fork  # noqa: F401
 from pyprofiler.asgi import asgi_app
 from pyprofiler.count_profiles import new_profile
 from pyprofiler.cpu import set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile
 from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError, PyprofilerError
 from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_heap_profile
-from pyprofiler.locks import set_block_profile_rate, set_mutex_profile_fraction
 from pyprofiler.periodic import start_periodic, stop_periodic
 from pyprofiler.registry import Profile, lookup, profiles
+from pyprofiler.samplers.locks import set_block_profile_rate, set_mutex_profile_fraction
 from pyprofiler.server import Server, serve
 from pyprofiler.wsgi import blueprint, create_app
 

@@ -7,23 +7,38 @@ come from. Sample type `<name>/count`, period 1, as Go writes them.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
+from typing import NamedTuple
 
-from pyprofiler import creation, goroutines, registry
+from pyprofiler import registry
 from pyprofiler.errors import PyprofilerError
-from pyprofiler.frames import FrameNamer
-from pyprofiler.render_text import GoroutineText, count_text, goroutine_dump
-from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
+from pyprofiler.render_text import count_text, goroutine_dump
+from pyprofiler.samplers import creation, goroutines, stacks
+from pyprofiler.samplers.frames import FrameNamer
+from pyprofiler.samplers.own_locks import OwnLock
+from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType, table_full
 from pyprofiler.stalls import release_gradually
 
-_THREADCREATE_FULL = Frame("[pyprofiler: threadcreate table full]", "<pyprofiler>", 0, 0)
+_THREADCREATE_FULL = table_full("threadcreate")
 # Go's name for an entry whose stack could not be recorded.
 _LOST = Frame("pyprofiler.lostProfileEvent", "<pyprofiler>", 0, 0)
 
 Labels = tuple  # ((key, value), ...)
+
+
+class GoroutineText(NamedTuple):
+    """What the full dump shows of one thread or task."""
+
+    id: int
+    kind: str
+    name: str
+    state: str
+    age_seconds: float | None
+    frames: tuple[Frame, ...]
+    created_by: tuple[Frame, ...]
+    creator_id: int
 
 
 class CountProfile(registry.Profile):
@@ -133,7 +148,7 @@ class CustomProfile(CountProfile):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._lock = threading.Lock()
+        self._lock = OwnLock()
         self._stacks: dict[Hashable, tuple] = {}
 
     def count(self) -> int:
@@ -143,7 +158,7 @@ class CustomProfile(CountProfile):
     def add(self, value: Hashable, skip: int = 0) -> None:
         """Record the stack of add's caller (`skip` more frames up) under `value`."""
         try:
-            stack = creation.raw_stack(sys._getframe(1 + skip))
+            stack = stacks.walk(sys._getframe(1 + skip), creation.MAX_CREATION_FRAMES)
         except ValueError:  # skip goes past the whole stack
             stack = ()
         with self._lock:

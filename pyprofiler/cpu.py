@@ -15,18 +15,20 @@ after it, the sampler ends on its own and discards what it recorded meanwhile.
 from __future__ import annotations
 
 import os
-import threading
 from typing import IO
 
-from pyprofiler import creation, hangup, proto, registry
+from pyprofiler import hangup, registry
 from pyprofiler.errors import ProfilerBusyError, PyprofilerError
+from pyprofiler.samplers import creation
+from pyprofiler.samplers.limits import SAMPLER_MAX_HZ
+from pyprofiler.samplers.own_locks import OwnLock
+from pyprofiler.samplers.stack import CpuSampler, StackSampler, WallSampler
 from pyprofiler.snapshot import Snapshot, merge
-from pyprofiler.stack_sampler import CpuSampler, StackSampler, WallSampler
 
 DEFAULT_HZ = 100
 LINGER_SECONDS = 2.0
 
-_lock = threading.Lock()
+_lock = OwnLock()
 _rate = DEFAULT_HZ
 _cpu_output: IO[bytes] | None = None
 _cpu_output_owned = False
@@ -168,12 +170,12 @@ def stop_all() -> None:
 
 def set_cpu_profile_rate(hz: int) -> None:
     """Samples per second of the CPU and wall profiles started from now on (Go's
-    runtime.SetCPUProfileRate): 1 to 1000, 100 by default. A higher rate narrows the noise of a
-    short profile at a higher cost (docs/performance.md). A sampler already running for other
-    windows keeps its rate until they close."""
+    runtime.SetCPUProfileRate): 1 to SAMPLER_MAX_HZ (1000), 100 by default. A higher rate
+    narrows the noise of a short profile at a higher cost (docs/performance.md). A sampler
+    already running for other windows keeps its rate until they close."""
     global _rate
-    if not isinstance(hz, int) or not 1 <= hz <= 1000:
-        raise ValueError(f"hz must be an integer between 1 and 1000, not {hz!r}")
+    if not isinstance(hz, int) or not 1 <= hz <= SAMPLER_MAX_HZ:
+        raise ValueError(f"hz must be an integer between 1 and {SAMPLER_MAX_HZ}, not {hz!r}")
     _rate = hz
 
 
@@ -202,7 +204,7 @@ def stop_cpu_profile() -> None:
     if window is None or output is None:
         raise PyprofilerError("stop_cpu_profile() called without start_cpu_profile()")
     try:
-        proto.write(close_window("cpu", window), output)
+        registry.write_snapshot(close_window("cpu", window), output)
     finally:
         if owned:
             output.close()
@@ -246,16 +248,13 @@ class WallProfile(TimedProfile):
     )
 
 
-def _forget_in_child() -> None:
+def after_fork_in_child() -> None:
     # The sampler threads do not exist in a forked child: it starts with nothing running.
-    global _lock, _cpu_output, _api_window
-    _lock = threading.Lock()
+    global _cpu_output, _api_window
     for recorder in _recorders.values():
         recorder.forget()
     _cpu_output = _api_window = None
 
-
-os.register_at_fork(after_in_child=_forget_in_child)
 
 registry.register(CpuProfile())
 registry.register(WallProfile())

@@ -11,6 +11,7 @@ is left out and named in the answer; one member never fails the request.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from typing import Callable, NamedTuple
 
 import psutil
 
-from pyprofiler import hangup, proto, turns
+from pyprofiler import hangup, proto, registry, turns
 from pyprofiler.group import MemberGone, PortGroup, exited
 from pyprofiler.snapshot import Snapshot, merge
 from pyprofiler.stalls import gc_paused
@@ -228,6 +229,9 @@ def _wait_for(
 class Fanout:
     """What the leader's /debug/pprof/ routes ask of the group (http.py calls these)."""
 
+    # Seconds a member has to answer beyond the duration of what it was asked for.
+    answer_grace = ANSWER_GRACE
+
     def __init__(self, group: PortGroup) -> None:
         self.group = group
 
@@ -356,7 +360,9 @@ def _merged_profiles(answered: list[tuple[int, Answer]], lost: list[tuple[int, s
             return _lost_answer(lost)
         merged = merge(snapshots)
         merged.comments += tuple(_lost_line(pid, reason) for pid, reason in lost)
-        body = proto.encode(merged)
+        encoded = io.BytesIO()
+        registry.write_snapshot(merged, encoded)
+        body = encoded.getvalue()
     return Answer(200, _PROFILE_CONTENT_TYPE, body, answered[0][1].filename)
 
 

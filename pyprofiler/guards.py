@@ -9,12 +9,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import math
-import os
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from pyprofiler.samplers.own_locks import OwnLock
 
 DEFAULT_MAX_CONCURRENT = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -36,15 +36,13 @@ class Limiter:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._lock = threading.Lock()
+        self._lock = OwnLock()
         self._ends: dict[int, float] = {}  # Ticket -> when its profile should end (monotonic).
         self._next = 0
         _limiters.add(self)
 
     def _forget(self) -> None:
-        """In a forked child: the profiles being taken are the parent's, and so may the lock
-        be, held by a thread that does not exist here."""
-        self._lock = threading.Lock()
+        """In a forked child: the profiles being taken are the parent's."""
         self._ends.clear()
 
     def enter(self, seconds: float) -> int | None:
@@ -71,12 +69,9 @@ class Limiter:
 _limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 
 
-def _forget_in_child() -> None:
+def after_fork_in_child() -> None:
     for limiter in list(_limiters):
         limiter._forget()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @dataclass

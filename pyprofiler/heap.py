@@ -1,41 +1,32 @@
 """The heap and allocs profiles, as Go's: sampled allocations, with both what was allocated and
 what is still live, scaled back to unsampled estimates.
 
-The sampling hook is the `_native` C extension. Where it was not built (no compiler at install
-time), `heap` falls back to tracemalloc, which traces every block (exact, but costly: it is only
-started by an explicit `set_mem_profile_rate`) and knows only what is live, so `allocs` answers
-an error rather than a wrong number.
+The recording is the samplers' (samplers/heap.py): the native extension's sampling hooks, or
+where it was not built (no compiler at install time) tracemalloc, which traces every block
+(exact, but costly: it is only started by an explicit `set_mem_profile_rate`) and knows only
+what is live, so `allocs` answers an error rather than a wrong number.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import os
 import resource
 import sys
 import time
-import tracemalloc
 from typing import IO
 
 import psutil
 
 from pyprofiler import registry
 from pyprofiler.errors import ProfileUnavailableError
-from pyprofiler.frames import FrameNamer, modules_by_filename
-from pyprofiler.native import native as _native
-from pyprofiler.native import unavailable_reason
-from pyprofiler.render_text import HeapRecord, heap_text
-from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
+from pyprofiler.render_text import heap_text
+from pyprofiler.samplers import heap_recorder
+from pyprofiler.samplers.heap import HeapRecord
+from pyprofiler.samplers.heap_native import RETIRED
+from pyprofiler.snapshot import Sample, Snapshot, ValueType
 
-NATIVE = _native is not None
 DEFAULT_RATE = 512 * 1024  # Go's MemProfileRate.
-FALLBACK_FRAMES = 32
-
-_OVERFLOW = Frame("[pyprofiler: heap table full]", "<pyprofiler>", 0, 0)
-# Allocation sites that held no live memory when the table needed room: their counts, summed.
-_RETIRED = Frame("[pyprofiler: retired allocation sites]", "<pyprofiler>", 0, 0)
-_NO_PYTHON = Frame("[no Python frames]", "<pyprofiler>", 0, 0)
 
 _SAMPLE_TYPES = (
     ValueType("alloc_objects", "count"),
@@ -56,24 +47,17 @@ def set_mem_profile_rate(rate: int) -> None:
     if rate < 0:
         raise ValueError(f"the memory profile rate must be 0 or more bytes, not {rate}")
     _rate_chosen = True
-    if _native is not None:
-        _native.set_rate(rate)
-    elif rate > 0 and not tracemalloc.is_tracing():
-        tracemalloc.start(FALLBACK_FRAMES)
-    elif rate == 0 and tracemalloc.is_tracing():
-        tracemalloc.stop()
+    heap_recorder.set_rate(rate)
 
 
 def get_mem_profile_rate() -> int:
-    if _native is not None:
-        return _native.get_rate()
-    return 1 if tracemalloc.is_tracing() else 0
+    return heap_recorder.get_rate()
 
 
 def enable_default() -> None:
     """Turn sampling on at Go's default rate unless the program chose a rate itself."""
-    if _native is not None and not _rate_chosen and _native.get_rate() == 0:
-        _native.set_rate(DEFAULT_RATE)
+    if not _rate_chosen:
+        heap_recorder.start_by_default(DEFAULT_RATE)
 
 
 def _scaled(count: int, nbytes: int, rate: int) -> tuple[int, int]:
@@ -85,26 +69,12 @@ def _scaled(count: int, nbytes: int, rate: int) -> tuple[int, int]:
 
 
 def records() -> list[HeapRecord]:
-    """The native sampler's buckets with named frames and raw counts."""
-    if _native is None:
-        return []
-    namer = FrameNamer()
-    result = []
-    for frames, allocs, frees, alloc_bytes, free_bytes in _native.buckets():
-        if frames is None:
-            named: tuple[Frame, ...] = (_OVERFLOW,)
-        elif frames == "retired":
-            named = (_RETIRED,)
-        elif not frames:
-            named = (_NO_PYTHON,)
-        else:
-            named = namer.stack(frames)
-        result.append(HeapRecord(named, allocs, frees, alloc_bytes, free_bytes))
-    return result
+    """The recorded buckets with named frames and raw counts."""
+    return heap_recorder.records()
 
 
-def _native_snapshot(default_sample_type: str) -> Snapshot:
-    rate = _native.get_rate()
+def _sampled_snapshot(default_sample_type: str) -> Snapshot:
+    rate = heap_recorder.get_rate()
     samples = []
     for record in records():
         alloc = _scaled(record.allocs, record.alloc_bytes, rate)
@@ -113,11 +83,11 @@ def _native_snapshot(default_sample_type: str) -> Snapshot:
         samples.append(
             Sample(record.frames, alloc + inuse, (), (("bytes", size, "bytes"),) if size else ())
         )
-    retired = _native.stats()["retired_buckets"]
+    retired = heap_recorder.retired()
     comments = (
         (
             f"pyprofiler: {retired} allocation sites without live memory retired to make room; "
-            f"their past allocations are under {_RETIRED.function}",
+            f"their past allocations are under {RETIRED.function}",
         )
         if retired
         else ()
@@ -133,27 +103,19 @@ def _native_snapshot(default_sample_type: str) -> Snapshot:
     )
 
 
-def _tracemalloc_snapshot() -> Snapshot:
-    if not tracemalloc.is_tracing():
+def _live_snapshot() -> Snapshot:
+    if not heap_recorder.recording():
         raise ProfileUnavailableError(
-            f"heap profiling is off: pyprofiler's native extension {unavailable_reason}, and its "
-            "tracemalloc fallback starts only with pyprofiler.set_mem_profile_rate(1)"
+            f"heap profiling is off: pyprofiler's native extension "
+            f"{heap_recorder.unavailable_reason}, and its tracemalloc fallback starts only with "
+            "pyprofiler.set_mem_profile_rate(1)"
         )
-    modules = modules_by_filename()
-    samples = []
-    for stat in tracemalloc.take_snapshot().statistics("traceback"):
-        # tracemalloc knows files and lines, not functions: frames are named by module.
-        frames = tuple(
-            Frame(modules.get(f.filename, f.filename), f.filename, 0, f.lineno)
-            for f in stat.traceback
-        )
-        samples.append(Sample(frames, (stat.count, stat.size)))
     return Snapshot(
         sample_types=_SAMPLE_TYPES[2:],
         period_type=ValueType("space", "bytes"),
         period=1,
         time_nanos=time.time_ns(),
-        samples=samples,
+        samples=[Sample(r.frames, (r.allocs, r.alloc_bytes)) for r in records()],
         comments=("tracemalloc fallback: in-use values only, exact, no function names",),
     )
 
@@ -175,27 +137,7 @@ def memstats() -> list[tuple[str, object]]:
         ("GCUncollectable", [g["uncollectable"] for g in generations]),
         ("GCGarbage", len(gc.garbage)),
     ]
-    if _native is not None:
-        native = _native.stats()
-        stats += [
-            ("SampleRate", native["rate"]),
-            ("Samples", native["samples"]),
-            ("TrackedBlocks", native["tracked_blocks"]),
-            ("DroppedBlocks", native["dropped_blocks"]),
-            ("DroppedStacks", native["dropped_stacks"]),
-            ("RetiredStacks", native["retired_buckets"]),
-            ("TruncatedStacks", native["truncated_stacks"]),
-            ("SamplerBytes", native["own_bytes"]),
-            ("FreesSeen", native["frees_seen"]),
-        ]
-    else:
-        traced, peak = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else (0, 0)
-        stats += [
-            ("Tracemalloc", tracemalloc.is_tracing()),
-            ("TracedBytes", traced),
-            ("TracedPeakBytes", peak),
-            ("SamplerBytes", tracemalloc.get_tracemalloc_memory()),
-        ]
+    stats += heap_recorder.stats()
     return [(name, _go_format(value)) for name, value in stats]
 
 
@@ -215,29 +157,28 @@ class HeapProfile(registry.Profile):
     default_sample_type = "inuse_space"
 
     def __init__(self) -> None:
-        if not NATIVE:
+        if not heap_recorder.sees_frees:
             self.description += (
-                f" (tracemalloc fallback: the native extension {unavailable_reason}; start it with "
+                f" (tracemalloc fallback: the native extension "
+                f"{heap_recorder.unavailable_reason}; start it with "
                 "pyprofiler.set_mem_profile_rate(1))"
             )
 
     def count(self) -> int:
-        if _native is not None:
-            return max(_native.stats()["buckets"] - 1, 0)  # Bucket 0 collects overflow.
-        return 0
+        return heap_recorder.record_count()
 
     def snapshot(self, seconds: float | None = None) -> Snapshot:
-        if _native is None:
-            return _tracemalloc_snapshot()
-        return _native_snapshot(self.default_sample_type)
+        if not heap_recorder.sees_frees:
+            return _live_snapshot()
+        return _sampled_snapshot(self.default_sample_type)
 
     def text(self, debug: int) -> list[str]:
-        if _native is None:
+        if not heap_recorder.sees_frees:
             raise ProfileUnavailableError(
                 f"the debug=1 heap text needs pyprofiler's native extension, which "
-                f"{unavailable_reason}"
+                f"{heap_recorder.unavailable_reason}"
             )
-        return [heap_text(records(), _native.get_rate(), memstats())]
+        return [heap_text(records(), heap_recorder.get_rate(), memstats())]
 
 
 class AllocsProfile(HeapProfile):
@@ -246,29 +187,24 @@ class AllocsProfile(HeapProfile):
     default_sample_type = "alloc_space"
 
     def __init__(self) -> None:
-        if not NATIVE:
-            self.description += f" (unavailable: the native extension {unavailable_reason})"
+        if not heap_recorder.sees_frees:
+            self.description += (
+                f" (unavailable: the native extension {heap_recorder.unavailable_reason})"
+            )
 
     def snapshot(self, seconds: float | None = None) -> Snapshot:
-        if _native is None:
+        if not heap_recorder.sees_frees:
             raise ProfileUnavailableError(
                 f"the allocs profile needs pyprofiler's native extension, which "
-                f"{unavailable_reason}; tracemalloc cannot see freed allocations"
+                f"{heap_recorder.unavailable_reason}; tracemalloc cannot see freed allocations"
             )
-        return _native_snapshot(self.default_sample_type)
+        return _sampled_snapshot(self.default_sample_type)
 
 
 def write_heap_profile(file: IO[bytes]) -> None:
     """Write the heap profile to `file`, as runtime/pprof.WriteHeapProfile."""
     registry.lookup("heap").write_to(file)
 
-
-def _after_fork_in_child() -> None:
-    if _native is not None:
-        _native.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 registry.register(HeapProfile())
 registry.register(AllocsProfile())

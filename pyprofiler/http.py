@@ -3,7 +3,8 @@ server or framework carries them (wsgi.py, asgi.py).
 
 This layer only parses parameters, applies the guards (guards.py) and calls profiles by name
 through the registry, or, on the process that serves a group's port, asks the group for them
-(fanout.py). Every request gets an answer here, never an exception.
+(fanout.py). The guards and the group are handed to it; of pyprofiler it imports only the
+registry and the errors. Every request gets an answer here, never an exception.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
-from pyprofiler import hangup, registry, symbols, turns
+from pyprofiler import registry
 from pyprofiler.errors import ProfileUnavailableError
-from pyprofiler.fanout import ANSWER_GRACE, Answer, Fanout, Worker
-from pyprofiler.guards import Guards
+
+if TYPE_CHECKING:
+    from pyprofiler.fanout import Answer, Fanout, Worker
+    from pyprofiler.guards import Guards
+    from pyprofiler.hangup import Signal
 
 log = logging.getLogger("pyprofiler")
 
@@ -57,7 +61,7 @@ class Request:
     headers: Mapping[str, str]  # Lower-case names.
     body: IO[bytes] | None = None
     content_length: int | None = None
-    hangup: hangup.Signal | None = None  # Set when the client goes away.
+    hangup: Signal | None = None  # Set when the client goes away.
     args: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -235,17 +239,17 @@ class Routes:
 
     def __init__(
         self,
-        max_seconds: int = DEFAULT_MAX_SECONDS,
-        guards: Guards | None = None,
+        max_seconds: int,
+        guards: Guards,
         group: Fanout | None = None,
     ) -> None:
         self.max_seconds = max_seconds
-        self.guards = guards if guards is not None else Guards()
+        self.guards = guards
         self.group = group
 
     def answer(self, request: Request) -> Reply:
         try:
-            with turns.turn():  # See turns.py: the application's threads come first.
+            with registry.turn():  # See turns.py: the application's threads come first.
                 reply = self._guarded(request)
         except Exception as exc:  # The host application never sees a traceback.
             # The name only where it is a profile's: what a client sends is not logged.
@@ -374,20 +378,14 @@ class Routes:
         debug = self._int_param(request, "debug")
         include_self = self._int_param(request, "include_self") > 0
         body = _Chunks()
-        with hangup.watching(request.hangup):
-            if profile.timed:
-                profile.write_to(body, seconds=seconds, include_self=include_self)
-            elif seconds:
-                profile.write_delta(body, seconds, include_self=include_self)
-                name += "-delta"
-            else:
-                if name == "heap" and self._int_param(request, "gc") > 0:
-                    gc.collect()
-                profile.write_to(body, debug=debug, include_self=include_self)
-            if seconds and not profile.timed and hangup.client_gone():
-                # Go's answer to a delta whose client went away; a CPU or wall profile cut
-                # short is sent as it is, as Go sends it.
-                return serve_error(500, "context canceled")
+        if seconds and not profile.timed:
+            name += "-delta"
+        elif name == "heap" and self._int_param(request, "gc") > 0:
+            gc.collect()
+        if not registry.write(profile, body, debug, seconds, include_self, request.hangup):
+            # Go's answer to a delta whose client went away; a CPU or wall profile cut short is
+            # sent as it is, as Go sends it.
+            return serve_error(500, "context canceled")
         if debug > 0 and not profile.timed and not seconds:
             return _text_reply(body)
         return _profile_reply(body, name)
@@ -412,7 +410,7 @@ class Routes:
     def _gathered(self, request: Request, members: Members, seconds: int) -> Reply:
         answer = members.group.gather(
             _member_target(request),
-            seconds + ANSWER_GRACE,
+            seconds + members.group.answer_grace,
             pids=members.pids,
             stop=request.hangup,
         )
@@ -431,7 +429,7 @@ class Routes:
             members.group.forward(
                 members.pids[0],
                 _member_target(request),
-                ANSWER_GRACE,
+                members.group.answer_grace,
                 method="POST" if request.method == "POST" else "GET",
                 body=body,
             )
@@ -455,7 +453,7 @@ class Routes:
         else:
             raw = request.query
         addresses = [a for a in map(go_parse_uint, raw.split("+")) if a]  # Go skips 0 too.
-        names = {address: symbols.lookup(address) for address in addresses}
+        names = {address: registry.symbol(address) for address in addresses}
         unknown = [hex(address) for address, name in names.items() if name is None]
         if group is not None and unknown:
             # Addresses are hashes of function and line (symbols.py): another member knows
@@ -477,7 +475,7 @@ def _read_body(request: Request) -> tuple[bytes, Reply | None]:
         return b"", None
     chunks, size = [], 0
     try:
-        with turns.waiting():  # On the client, which may be slow.
+        with registry.waiting():  # On the client, which may be slow.
             while True:
                 chunk = request.body.read(min(_READ_CHUNK, MAX_SYMBOL_BODY + 1 - size))
                 if not chunk:

@@ -32,6 +32,7 @@ from typing import Callable
 from urllib.parse import unquote_to_bytes
 
 from pyprofiler.hangup import SocketHangup
+from pyprofiler.samplers.own_locks import OwnLock
 
 log = logging.getLogger("pyprofiler")
 
@@ -223,7 +224,7 @@ class HTTPServer:
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
-        self._lock = threading.Lock()
+        self._lock = OwnLock()
         self._work = threading.Condition(self._lock)
         self._idle: dict[socket.socket, float] = {}  # In deadline order: one timeout for all.
         self._ready: collections.deque[socket.socket] = collections.deque()
@@ -254,8 +255,7 @@ class HTTPServer:
     def abandon(self) -> None:
         """In a forked child: the threads stayed in the parent; close this process's copies
         of the sockets only (shutting them down would end the parent's connections)."""
-        self._lock = threading.Lock()  # A parent's thread may have held it at fork.
-        self._work = threading.Condition(self._lock)
+        self._work = threading.Condition(self._lock)  # Its waiters were the parent's threads.
         self._stopping = True
         self._close_all(close_active=True)
 

@@ -19,8 +19,9 @@ import threading
 import time
 from collections.abc import Iterable
 
-from pyprofiler import cpu, proto, registry
+from pyprofiler import cpu, registry
 from pyprofiler.errors import PyprofilerError
+from pyprofiler.samplers.own_locks import OwnLock
 
 log = logging.getLogger("pyprofiler")
 
@@ -78,17 +79,17 @@ class _Writer:
             self._write(name, f"{name}-{stamp}-{self.pid}{SUFFIX}", data)
 
     def _profile(self, name: str, final: bool) -> bytes:
-        window = self._windows.get(name)
-        if window is not None:
-            profile = registry.lookup(name)
-            assert isinstance(profile, cpu.TimedProfile)
-            take = cpu.close_window if final else cpu.take_window
-            return proto.encode(take(profile.kind, window))
         profile = registry.lookup(name)
         if profile is None:
             raise PyprofilerError(f"no profile named {name!r}")
         chunks = _Chunks()
-        profile.write_to(chunks)
+        window = self._windows.get(name)
+        if window is not None:
+            assert isinstance(profile, cpu.TimedProfile)
+            take = cpu.close_window if final else cpu.take_window
+            registry.write_snapshot(take(profile.kind, window), chunks)
+        else:
+            profile.write_to(chunks)
         return b"".join(chunks)
 
     def _write(self, name: str, filename: str, data: bytes) -> None:
@@ -138,7 +139,7 @@ class _Writer:
             )
 
 
-_lock = threading.Lock()
+_lock = OwnLock()
 _writer: _Writer | None = None
 _atexit_registered = False
 
@@ -192,16 +193,12 @@ def _stop_at_exit() -> None:
         log.exception("pyprofiler: writing the last periodic profiles failed")
 
 
-def _restart_in_child() -> None:
+def after_fork_in_child() -> None:
     # The writer thread stayed in the parent; a worker of a pool writes its own files.
-    global _lock, _writer
-    _lock = threading.Lock()
+    global _writer
     parent, _writer = _writer, None
     if parent is not None:
         try:
             start_periodic(parent.directory, parent.interval, parent.names, parent.keep)
         except Exception:
             log.exception("pyprofiler: periodic profiles could not restart after fork")
-
-
-os.register_at_fork(after_in_child=_restart_in_child)

@@ -1,23 +1,27 @@
 """The one list of profiles, as Go's pprof.Lookup / pprof.Profiles.
 
 The index page, the HTTP routes and everything else that enumerates profiles iterate this
-registry; adding a profile is one `register` call.
+registry; adding a profile is one `register` call. Every profile that leaves the process is
+encoded here (`Profile.write_to`, `write_snapshot`): HTTP, the periodic writer, the group's
+merged profiles and start/stop_cpu_profile share the one path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import IO
 
-from pyprofiler import hangup, proto, turns
+from pyprofiler import hangup, proto, symbols, turns
 from pyprofiler.errors import PyprofilerError
 from pyprofiler.render_text import encode_text
+from pyprofiler.samplers.own_locks import OwnLock
 from pyprofiler.snapshot import Snapshot
 from pyprofiler.stalls import gc_paused, pack, release_gradually, unpack
+
+# What serves profiles takes turns with every other build (turns.py) through the registry.
+from pyprofiler.turns import turn, waiting  # noqa: E402, F401, I001
 
 
 class Profile:
@@ -80,7 +84,7 @@ class Profile:
         (timed profiles ignore `debug`, as Go's CPU profile does). Profiles of threads leave
         pyprofiler's own (`pyprofiler-*`) out unless `include_self`."""
         if self.timed:
-            proto.write(self._snapshot(seconds, include_self), file)
+            write_snapshot(self._snapshot(seconds, include_self), file)
             return
         with self._building():
             if debug > 0:
@@ -90,7 +94,7 @@ class Profile:
                 self._write_and_release(self._snapshot(None, include_self), file)
 
     def _write_and_release(self, snapshot: Snapshot, file: IO[bytes]) -> None:
-        proto.write(snapshot, file)
+        write_snapshot(snapshot, file)
         release_gradually(snapshot.samples)
 
     def write_delta(self, file: IO[bytes], seconds: float, include_self: bool = False) -> None:
@@ -111,7 +115,39 @@ class Profile:
             release_gradually(before.samples)
 
 
-_lock = threading.Lock()
+def write(
+    profile: Profile,
+    file: IO[bytes],
+    debug: int = 0,
+    seconds: float = 0,
+    include_self: bool = False,
+    hangup_signal: hangup.Signal | None = None,
+) -> bool:
+    """Write `profile` as a request asks for it: a timed profile over `seconds`, the delta
+    over `seconds` of an instant one, or the instant one now (Go's text form if `debug` > 0).
+    Set, `hangup_signal` cuts the waiting short when the client goes away; False: it went away
+    during a delta, of which nothing was written."""
+    with hangup.watching(hangup_signal):
+        if profile.timed:
+            profile.write_to(file, seconds=seconds, include_self=include_self)
+        elif seconds:
+            profile.write_delta(file, seconds, include_self=include_self)
+        else:
+            profile.write_to(file, debug=debug, include_self=include_self)
+        return profile.timed or not seconds or not hangup.client_gone()
+
+
+def symbol(address: int) -> str | None:
+    """The function name behind an address of a profile this process encoded."""
+    return symbols.lookup(address)
+
+
+def write_snapshot(snapshot: Snapshot, file: IO[bytes]) -> None:
+    """Write a finished profile to `file` as gzipped profile.proto."""
+    proto.write(snapshot, file)
+
+
+_lock = OwnLock()
 _profiles: dict[str, Profile] = {}
 
 
@@ -120,14 +156,6 @@ def _one_build(pauses_gc: bool) -> Iterator[None]:
     # One build at a time (turns.py), with the collector held off for the large ones (stalls.py).
     with turns.turn(), gc_paused() if pauses_gc else contextlib.nullcontext():
         yield
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # Another thread may have held it at fork; it does not exist here.
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register(profile: Profile) -> Profile:

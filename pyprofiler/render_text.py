@@ -8,10 +8,14 @@ as the program has them): whoever encodes them escapes those (`encode_text`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 from pyprofiler import symbols
 from pyprofiler.snapshot import Frame, escaped
+
+if TYPE_CHECKING:  # The profiles own the records they hand over; nothing of theirs runs here.
+    from pyprofiler.count_profiles import GoroutineText
+    from pyprofiler.heap import HeapRecord
 
 _TAB_WIDTH = 8
 _PADDING = 1
@@ -74,16 +78,6 @@ def frame_lines(frames: Iterable[Frame]) -> tuple[list[str], list[str]]:
         addresses.append(f"{address + 1:#x}")
         lines.append(f"#\t{address:#x}\t{function}\t{escaped(frame.filename)}:{frame.line}")
     return addresses, lines
-
-
-class HeapRecord(NamedTuple):
-    """One (stack, size) bucket with raw, unscaled sample counts."""
-
-    frames: tuple[Frame, ...]
-    allocs: int
-    frees: int
-    alloc_bytes: int
-    free_bytes: int
 
 
 def heap_text(records: Sequence[HeapRecord], rate: int, stats: Sequence[tuple[str, object]]) -> str:
@@ -154,19 +148,6 @@ def goroutine_dump(goroutines: Iterable[GoroutineText]) -> Iterator[str]:
             lines.append(f"\t{creator.filename}:{creator.line}")
             lines.extend(f"\tcalled from {f.function} at {f.filename}:{f.line}" for f in callers)
         yield ("\n" if index else "") + "\n".join(lines) + "\n"
-
-
-class GoroutineText(NamedTuple):
-    """What the full dump shows of one thread or task."""
-
-    id: int
-    kind: str
-    name: str
-    state: str
-    age_seconds: float | None
-    frames: tuple[Frame, ...]
-    created_by: tuple[Frame, ...]
-    creator_id: int
 
 
 def contention_text(header: str, records: Sequence[tuple[int, int, tuple[Frame, ...]]]) -> str:

@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from pyprofiler import group, heap, locks, registry
+from pyprofiler import group, heap, registry
 from pyprofiler.errors import PyprofilerError
 from pyprofiler.fanout import Fanout, describe_self, find_holder, member_app
 from pyprofiler.guards import DEFAULT_MAX_CONCURRENT, Guards, is_loopback, loopback_hosts, origins
 from pyprofiler.http import DEFAULT_MAX_SECONDS, Routes
 from pyprofiler.httpserver import HTTPServer
+from pyprofiler.samplers import locks
+from pyprofiler.samplers.own_locks import OwnLock
 from pyprofiler.wsgi import WSGIApp
 
 log = logging.getLogger("pyprofiler")
@@ -44,7 +46,7 @@ _JOIN_POLL = 0.05
 _STOP_TIMEOUT = 10.0
 LISTEN_QUEUE = 128
 
-_lock = threading.Lock()
+_lock = OwnLock()
 _current: Server | None = None
 
 
@@ -78,7 +80,7 @@ def _local_app(max_seconds: int) -> WSGIApp:
     made once per process and inherited by forked children."""
     app = _local_apps.get(max_seconds)
     if app is None:
-        app = _local_apps[max_seconds] = WSGIApp(Routes(max_seconds))
+        app = _local_apps[max_seconds] = WSGIApp(Routes(max_seconds, Guards()))
     return app
 
 
@@ -533,9 +535,7 @@ def _continue_after_fork() -> None:
         log.exception("pyprofiler: a forked child could not join its parent's group")
 
 
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # Another thread may have held it at fork.
+def after_fork_in_child() -> None:
     _continue_after_fork()
 
 
@@ -549,5 +549,4 @@ def _remove_socket_at_exit() -> None:
         _remove_socket_file(server.unix_socket, server._unix_inode)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_remove_socket_at_exit)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from pyprofiler.stalls import release_gradually
+from pyprofiler import stalls
 
 
 def escaped(text: str) -> str:
@@ -30,6 +30,17 @@ class Frame(NamedTuple):
     filename: str
     start_line: int
     line: int
+
+
+def placeholder(what: str) -> Frame:
+    """A frame that stands for what pyprofiler could not record, named `[pyprofiler: what]` so
+    that a profile shows the loss where it happened (a full table, a dropped site)."""
+    return Frame(f"[pyprofiler: {what}]", "<pyprofiler>", 0, 0)
+
+
+def table_full(table: str) -> Frame:
+    """The frame that what no longer fitted in `table` is counted under."""
+    return placeholder(f"{table} table full")
 
 
 class ValueType(NamedTuple):
@@ -112,5 +123,5 @@ def _summed(signed: Iterable[tuple[int, Snapshot]]) -> list[Sample]:
         for (frames, labels, num_labels), values in totals.items()
         if any(values)
     ]
-    release_gradually(totals)
+    stalls.release_gradually(totals)
     return samples

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import pickle
-import threading
 from collections.abc import Iterator
+
+from pyprofiler.samplers.own_locks import OwnLock
 
 # Entries freed per slice: a few milliseconds of deallocation at most.
 _RELEASE_SLICE = 2048
@@ -27,7 +27,7 @@ _RELEASE_SLICE = 2048
 # threshold of its own meanwhile: then its setting stands.
 PAUSED_THRESHOLD = 1_000_000_007
 
-_gc_lock = threading.Lock()
+_gc_lock = OwnLock()
 _gc_pausers = 0
 _gc_threshold = 0  # The application's youngest-generation threshold, while paused.
 
@@ -97,13 +97,9 @@ def unpack(packed: list[bytes]) -> list:
     return items
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
     # Only the forking thread survives: a pause that another thread held must not outlive it.
-    global _gc_lock, _gc_pausers
-    _gc_lock = threading.Lock()
+    global _gc_pausers
     if _gc_pausers:
         _resume()
     _gc_pausers = 0
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

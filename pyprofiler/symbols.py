@@ -9,13 +9,13 @@ samples by location addresses) need.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
+
+from pyprofiler.samplers.own_locks import OwnLock
 
 # Enough for every distinct line that a large service reports; the oldest entries go first.
 MAX_SYMBOLS = 65536
 
-_lock = threading.Lock()
+_lock = OwnLock()
 _names: dict[int, str] = {}
 
 
@@ -39,11 +39,3 @@ def remember(address: int, function: str) -> None:
 def lookup(address: int) -> str | None:
     with _lock:
         return _names.get(address)
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # Another thread may have held it at fork; it does not exist here.
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

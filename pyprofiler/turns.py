@@ -13,13 +13,14 @@ after that the work goes ahead anyway, as it did before turns existed.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 
+from pyprofiler.samplers.own_locks import OwnLock
+
 TURN_WAIT = 30.0
 
-_lock = threading.Lock()
+_lock = OwnLock()
 _held = threading.local()  # .depth: how many turn() blocks this thread is in; .owns: the lock.
 
 
@@ -58,11 +59,8 @@ def waiting() -> Iterator[None]:
         _held.depth = depth
 
 
-def _forget_in_child() -> None:
-    global _lock, _held
-    # The thread that had the turn at fork does not exist in the child.
-    _lock = threading.Lock()
+def after_fork_in_child() -> None:
+    # The thread that had the turn at fork does not exist in the child (own_locks makes the
+    # lock anew).
+    global _held
     _held = threading.local()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)

@@ -1,14 +1,15 @@
 """The /debug/pprof/ routes as a WSGI application (`create_app()`) and as a Flask blueprint
-(`blueprint()`), each working at any mount point and answering only its own paths."""
+(`blueprint()`), each working at any mount point and answering only its own paths.
+
+Flask is imported only when one of those two is asked for: pyprofiler's own server, the API and
+the periodic writer need none of it (and it is most of what `import pyprofiler` would cost).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import IO, Callable
+from typing import IO, TYPE_CHECKING, Callable
 from urllib.parse import quote
-
-from flask import Blueprint, Flask, Response
-from flask import request as flask_request
 
 from pyprofiler.guards import DEFAULT_MAX_CONCURRENT, Guards, origins
 from pyprofiler.hangup import Signal, SocketHangup
@@ -22,6 +23,9 @@ from pyprofiler.http import (
     not_found,
     redirect,
 )
+
+if TYPE_CHECKING:
+    from flask import Blueprint, Flask
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 # Where WSGI servers put the client's connection: pyprofiler's own server puts the signal
@@ -102,6 +106,8 @@ def create_app(
     root it serves /debug/pprof/...; mounted at a prefix (werkzeug's DispatcherMiddleware,
     FastAPI's WSGIMiddleware), it serves the pages directly under it. A Flask object, so that
     `test_client()` works; its routes are pyprofiler's own. The guards are serve()'s."""
+    from flask import Flask
+
     app = Flask("pyprofiler")
     app.wsgi_app = WSGIApp(_routes(max_seconds, token, allow_origins, max_concurrent))  # type: ignore[method-assign]
     return app
@@ -118,6 +124,9 @@ def blueprint(
     """The /debug/pprof/ routes, for `app.register_blueprint(pyprofiler.blueprint())`, at
     `url_prefix` of the app (wherever the app itself is mounted). `max_seconds` caps the
     duration of CPU, wall and delta profiles; the guards are serve()'s."""
+    from flask import Blueprint, Response
+    from flask import request as flask_request
+
     routes = _routes(max_seconds, token, allow_origins, max_concurrent)
     pages = Blueprint("pyprofiler", __name__, url_prefix=url_prefix.rstrip("/") or None)
 

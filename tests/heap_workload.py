@@ -29,7 +29,7 @@ import time
 from array import array
 
 import pyprofiler
-from pyprofiler import heap
+from pyprofiler.samplers.native import native
 
 MAX_SECONDS = 120
 
@@ -156,7 +156,7 @@ def serve(rate: str) -> None:
                 keep.append(kept)
                 print(json.dumps(retained(kept)), flush=True)
             elif command == "frees_seen":
-                print(heap._native.stats()["frees_seen"], flush=True)
+                print(native.stats()["frees_seen"], flush=True)
             elif command == "quit":
                 break
     finally:

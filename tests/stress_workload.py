@@ -24,8 +24,8 @@ import sys
 import threading
 import time
 
-from pyprofiler.stack_sampler import CpuSampler, WallSampler
-from pyprofiler.stack_table import MAX_DEPTH
+from pyprofiler.samplers.limits import MAX_STACK_DEPTH as MAX_DEPTH
+from pyprofiler.samplers.stack import CpuSampler, WallSampler
 
 RECURSION = 5000
 CUTS = 3  # windows cut from each sampler before it stops (StackSampler.cut)

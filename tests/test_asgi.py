@@ -14,8 +14,8 @@ import time
 import pytest
 import requests
 import uvicorn
-from conftest import go_pprof, spin, threads_running, top_table, wait_until
 from fastapi import FastAPI
+from support import go_pprof, spin, threads_running, top_table, wait_until
 
 import pyprofiler
 from pyprofiler import cpu, proto
@@ -141,7 +141,7 @@ def test_the_pages_are_under_the_mount_point(base):
 def test_go_tool_pprof_reads_a_cpu_profile_through_the_mount(base):
     with threads_running(("busy", spin)):
         top = go_pprof(["-top"], base + "/debug/pprof/profile?seconds=1")
-    assert "conftest.spin" in top_table(top)
+    assert "support.spin" in top_table(top)
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ import threading
 import time
 
 import pytest
-from conftest import go_pprof, raw_samples, spin, threads_running, top_table, wait_until
+from support import go_pprof, raw_samples, spin, threads_running, top_table, wait_until
 
 import pyprofiler
-from pyprofiler import cpu, proto, stack_sampler, stack_table
+from pyprofiler import cpu, proto
+from pyprofiler.samplers import stack_native, stack_table
 
 
 class Spinner:
@@ -111,7 +112,7 @@ def test_every_sample_has_thread_label(busy_profile):
     # a thread never seen on a CPU: no sample, its CPU under a frame of its own.
     assert all(cpu_ns > 0 for (_, cpu_ns), _ in samples)
     for sample in proto.decode(busy_profile.read_bytes()).samples:
-        assert sample.values[0] >= 1 or sample.frames == (stack_sampler.NOT_SEEN_ON_A_CPU,)
+        assert sample.values[0] >= 1 or sample.frames == (stack_native.NOT_SEEN_ON_A_CPU,)
 
 
 def test_thread_label_matches_the_thread_running_the_function(busy_profile):
@@ -357,15 +358,16 @@ def test_sampler_thread_does_not_profile_itself(busy_profile):
     # frames do in Go; the sampler thread's loop must not.)
     samples = raw_samples(go_pprof(["-raw"], busy_profile))
     assert not {labels["thread"] for _, labels in samples} & {"pyprofiler-CpuSampler"}
-    assert "pyprofiler.stack_sampler.StackSampler._run" not in go_pprof(["-top"], busy_profile)
+    python_sampler = "pyprofiler.samplers.stack_python.PythonStackBackend._run"
+    assert python_sampler not in go_pprof(["-top"], busy_profile)
 
 
 def test_spin_helper_is_named_in_profile(tmp_path):
-    # The conftest spinner is a plain function: module.function naming.
+    # The support spinner is a plain function: module.function naming.
     path = tmp_path / "plain.pb.gz"
     with threads_running(("plain", spin)):
         cpu_profile(path, seconds=0.5)
-    assert "conftest.spin" in top_table(go_pprof(["-top"], path))
+    assert "support.spin" in top_table(go_pprof(["-top"], path))
 
 
 class Computes:
@@ -390,5 +392,5 @@ def test_computing_inside_a_warm_init_is_seen(tmp_path):
         time.sleep(0.5)
         pyprofiler.stop_cpu_profile()
     table = top_table(go_pprof(["-top", "-tagfocus", "thread=constructor"], path))
-    assert table.get("conftest.spin", (0, 0))[1] > 90, table
+    assert table.get("support.spin", (0, 0))[1] > 90, table
     assert table.get(f"{__name__}.Computes.__init__", (0, 0))[1] > 90, table

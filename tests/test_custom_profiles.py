@@ -13,7 +13,7 @@ import re
 
 import pytest
 import requests
-from conftest import go_pprof, pprof_traces, top_counts
+from support import go_pprof, pprof_traces, top_counts
 
 import pyprofiler
 from pyprofiler import PyprofilerError

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import requests
-from conftest import go_pprof, top_table
+from support import go_pprof, top_table
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, top_table
+from support import go_pprof, top_table
 
 pytestmark = pytest.mark.deployment
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import requests
-from conftest import go_pprof, run_in_child, running_server, spin, threads_running, top_table
+from support import go_pprof, run_in_child, running_server, spin, threads_running, top_table
 
 import pyprofiler
 from pyprofiler import proto, registry, symbols
@@ -99,7 +99,7 @@ def test_child_can_profile_and_serve_while_parent_profiles(tmp_path):
     assert code == 0, message
     # The parent's profile is complete and still shows the parent's busy thread.
     table = top_table(go_pprof(["-tagfocus", "thread=^parent-busy$", "-top"], path))
-    assert "conftest.spin" in table
+    assert "support.spin" in table
 
 
 def test_parent_can_profile_again_after_child(parent_profile):

@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from pyprofiler.frames import FrameNamer
+from pyprofiler.samplers.frames import FrameNamer
 from pyprofiler.snapshot import Frame
 
 

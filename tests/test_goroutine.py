@@ -25,10 +25,11 @@ from typing import NamedTuple
 
 import pytest
 import requests
-from conftest import go_pprof, pprof_traces, top_counts, wait_until
+from support import go_pprof, pprof_traces, top_counts, wait_until
 
 import pyprofiler
-from pyprofiler import goroutines, registry, stalls
+from pyprofiler import registry, stalls
+from pyprofiler.samplers import goroutines
 from pyprofiler.snapshot import Sample
 
 MOD = __name__

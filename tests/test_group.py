@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from conftest import (
+from support import (
     go_pprof,
     process_cpu_ns,
     read_line,

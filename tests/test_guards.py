@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, read_line, running_server, wait_until
 from flask import Flask
+from support import go_pprof, read_line, running_server, wait_until
 
 import pyprofiler
 from pyprofiler import httpserver, proto

@@ -31,10 +31,11 @@ from pathlib import Path
 import heap_workload
 import pytest
 import requests
-from conftest import go_pprof, pprof_traces, raw_samples, run_in_child
+from support import go_pprof, pprof_traces, raw_samples, run_in_child
 
 import pyprofiler
 from pyprofiler import heap, proto
+from pyprofiler.samplers.native import native
 
 # fork() in a multi-threaded process (the module's server) is part of what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
@@ -88,7 +89,7 @@ def mem_rate():
     back, and so is whether the program had chosen one (so that serve() in later test modules
     still turns the default on)."""
     previous, chosen = pyprofiler.get_mem_profile_rate(), heap._rate_chosen
-    heap._native.reset()
+    native.reset()
     yield pyprofiler.set_mem_profile_rate
     pyprofiler.set_mem_profile_rate(previous)
     heap._rate_chosen = chosen
@@ -109,7 +110,7 @@ def installed_allocators() -> tuple:
 
 
 def samples_taken() -> int:
-    return heap._native.stats()["samples"]
+    return native.stats()["samples"]
 
 
 def keep_objects(count: int, size: int) -> list:
@@ -413,7 +414,7 @@ def test_rate_zero_removes_the_hooks():
         pyprofiler.set_mem_profile_rate(4096)
         assert installed_allocators() != unhooked
         pyprofiler.set_mem_profile_rate(0)
-        assert heap._native.get_rate() == 0 and pyprofiler.get_mem_profile_rate() == 0
+        assert native.get_rate() == 0 and pyprofiler.get_mem_profile_rate() == 0
         assert installed_allocators() == unhooked
         before = samples_taken()
         kept = keep_objects(10_000, 1_000)
@@ -452,7 +453,7 @@ def test_rate_zero_after_tracemalloc_stopped_samples_nothing():
             pyprofiler.set_mem_profile_rate(0)
         finally:
             tracemalloc.stop()
-        assert heap._native.get_rate() == 0
+        assert native.get_rate() == 0
         before = samples_taken()
         kept = keep_objects(10_000, 100)
         assert samples_taken() == before, "sampling at rate 0"
@@ -740,7 +741,7 @@ def test_threads_allocating_at_rate_one(tmp_path):
         with open(path, "wb") as file:
             pyprofiler.write_heap_profile(file)
         pyprofiler.set_mem_profile_rate(0)
-        stats = heap._native.stats()
+        stats = native.stats()
         assert stats["samples"] > 10_000 and stats["dropped_blocks"] == 0, stats
 
     in_child(child)
@@ -762,7 +763,7 @@ def test_raw_frees_without_the_gil_while_sampling_every_allocation(tmp_path):
 
     def child():
         pyprofiler.set_mem_profile_rate(1)
-        assert heap._native.stats()["frees_seen"] == "raw domain"
+        assert native.stats()["frees_seen"] == "raw domain"
         deadline = time.monotonic() + 1.5
         workers = [threading.Thread(target=compress_and_keep, args=(deadline,)) for _ in range(4)]
         for worker in workers:
@@ -770,7 +771,7 @@ def test_raw_frees_without_the_gil_while_sampling_every_allocation(tmp_path):
         for i in range(15):
             pyprofiler.lookup("heap").write_to(io.BytesIO())
             if i % 5 == 4:
-                heap._native.reset()
+                native.reset()
             time.sleep(0.05)
         for worker in workers:
             worker.join(timeout=30)
@@ -780,7 +781,7 @@ def test_raw_frees_without_the_gil_while_sampling_every_allocation(tmp_path):
         with open(path, "wb") as file:
             pyprofiler.write_heap_profile(file)
         pyprofiler.set_mem_profile_rate(0)
-        assert heap._native.stats()["dropped_blocks"] == 0
+        assert native.stats()["dropped_blocks"] == 0
 
     in_child(child)
     _, rows = top(path, "alloc_objects")
@@ -857,7 +858,7 @@ def test_reset_while_threads_allocate(tmp_path):
         try:
             for _ in range(200):
                 try:
-                    heap._native.reset()
+                    native.reset()
                     resets += 1
                 except RuntimeError as exc:  # A reader was listing the buckets at that moment.
                     assert "buckets() runs" in str(exc)
@@ -870,8 +871,8 @@ def test_reset_while_threads_allocate(tmp_path):
         assert not allocating.is_alive() and not reader.is_alive()
         assert resets > 0
         pyprofiler.set_mem_profile_rate(0)  # Nothing sampled between the reset and the check.
-        heap._native.reset()
-        stats = heap._native.stats()
+        native.reset()
+        stats = native.stats()
         assert stats["samples"] == stats["tracked_blocks"] == stats["dropped_stacks"] == 0
         pyprofiler.set_mem_profile_rate(256)
         kept = keep_objects(1_000, 1_000)
@@ -907,7 +908,7 @@ def test_soak_rates_resets_and_profiles_while_threads_allocate(tmp_path):
                 pyprofiler.set_mem_profile_rate((0, 1, 512, 4096)[i % 4])
                 if i % 7 == 0:
                     with contextlib.suppress(RuntimeError):  # refused while a profile lists
-                        heap._native.reset()
+                        native.reset()
                 pyprofiler.write_heap_profile(io.BytesIO())
                 written += 1
                 time.sleep(0.01)
@@ -949,7 +950,7 @@ def test_multiprocessing_children_profile_on_their_own(tmp_path, mem_rate, metho
     assert abs(flat_of(rows, "child_allocates") - expected) <= 0.25 * expected, rows[:5]
     assert not any(name.endswith("parent_allocates") for name, _, _ in rows)
     # The parent's samples are its own (read from the sampler's buckets, by code object).
-    names = {code.co_name for frames, *_ in heap._native.buckets() for code, _ in frames or ()}
+    names = {code.co_name for frames, *_ in native.buckets() for code, _ in frames or ()}
     assert "parent_allocates" in names and "child_allocates" not in names
     del kept
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 import requests
-from conftest import (
+from flask import Flask
+from support import (
     go_pprof,
     go_pprof_error,
     raw_samples,
@@ -20,7 +21,6 @@ from conftest import (
     top_table,
     wait_until,
 )
-from flask import Flask
 
 import pyprofiler
 from pyprofiler import cpu, proto
@@ -190,7 +190,7 @@ def test_timed_profile_response(server, tmp_path, name, sample_type):
     raw = go_pprof(["-raw"], path)
     assert f"samples/count {sample_type}/nanoseconds" in raw
     assert f"PeriodType: {sample_type} nanoseconds" in raw
-    assert "conftest.spin" in top_table(go_pprof(["-top"], path))
+    assert "support.spin" in top_table(go_pprof(["-top"], path))
 
 
 def test_concurrent_profiles_are_both_answered(server):
@@ -210,7 +210,7 @@ def test_concurrent_profiles_are_both_answered(server):
     assert 1.9e9 < profiles[0].duration_nanos < 3e9
     assert 0.9e9 < profiles[1].duration_nanos < 1.5e9
     for profile in profiles:
-        assert "conftest.spin" in {f.function for s in profile.samples for f in s.frames}
+        assert "support.spin" in {f.function for s in profile.samples for f in s.frames}
 
 
 def test_profile_while_api_profile_runs_is_answered(server):
@@ -225,7 +225,7 @@ def test_profile_while_api_profile_runs_is_answered(server):
             pyprofiler.stop_cpu_profile()
     assert response.status_code == 200
     for data in (response.content, output.getvalue()):
-        assert "conftest.spin" in {f.function for s in proto.decode(data).samples for f in s.frames}
+        assert "support.spin" in {f.function for s in proto.decode(data).samples for f in s.frames}
 
 
 def location_addresses(data: bytes) -> dict[int, str]:
@@ -240,7 +240,7 @@ def test_symbol_resolves_addresses_from_a_fetched_profile(server):
     with threads_running(("busy", spin)):
         data = get(server, "profile?seconds=1").content
     addresses = location_addresses(data)
-    assert "conftest.spin" in addresses.values()
+    assert "support.spin" in addresses.values()
     # 0x1 is never a location address: unknown addresses are left out, as in Go.
     words = [hex(a) for a in addresses] + ["0x1"]
     response = get(server, "symbol", method="POST", data="+".join(words))
@@ -268,7 +268,7 @@ def test_go_pprof_fetches_from_url(server, args_and_path):
     with threads_running(("busy", spin)):
         top = go_pprof(args, server.url + path)
     assert "Type: cpu" in top
-    assert "conftest.spin" in top_table(top)
+    assert "support.spin" in top_table(top)
 
 
 def test_go_pprof_raw_over_http_has_thread_labels(server):
@@ -328,7 +328,7 @@ def test_create_app_profile_with_test_client(tmp_path):
     assert response.status_code == 200
     path = tmp_path / "profile"
     path.write_bytes(response.data)
-    assert "conftest.spin" in top_table(go_pprof(["-top"], path))
+    assert "support.spin" in top_table(go_pprof(["-top"], path))
 
 
 # --- A client that hangs up (issue 11, item 2): its profile stops and frees the profiler.

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, pprof_traces, raw_samples, run_in_child, running_server, wait_until
+from support import go_pprof, pprof_traces, raw_samples, run_in_child, running_server, wait_until
 
 import pyprofiler
-from pyprofiler import locks
-from pyprofiler.native import native
+from pyprofiler.samplers import locks
+from pyprofiler.samplers.native import native
 
 MOD = __name__
 TIMEOUT = 30  # Per HTTP request.

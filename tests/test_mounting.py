@@ -12,10 +12,10 @@ import time
 
 import django
 import pytest
-from conftest import wait_until
 from django.http import HttpResponse
 from django.urls import path as django_path
 from flask import Flask
+from support import wait_until
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 from werkzeug.test import Client

@@ -12,11 +12,13 @@ import time
 
 import pytest
 import requests
-from conftest import go_pprof, raw_samples, running_server
+from support import go_pprof, raw_samples, running_server
 
 import pyprofiler
-from pyprofiler import creation, proto, stack_sampler
-from pyprofiler.native import native
+from pyprofiler import proto, samplers
+from pyprofiler.samplers import creation, stack
+from pyprofiler.samplers.native import native
+from pyprofiler.samplers.stack_python import PythonStackBackend
 
 MOD = __name__
 TIMEOUT = 30
@@ -334,11 +336,11 @@ def test_traces_of_our_threads_name_them(tmp_path):
 
 
 def test_python_sampler_leaves_our_threads_out(monkeypatch):
-    monkeypatch.setattr(stack_sampler, "_reads_without_gil", False)
-    for sampler_class in (stack_sampler.CpuSampler, stack_sampler.WallSampler):
+    monkeypatch.setattr(samplers, "stack_backend", PythonStackBackend)
+    for sampler_class in (stack.CpuSampler, stack.WallSampler):
         with Burners():
             sampler = sampler_class()
-            assert sampler._native is None
+            assert isinstance(sampler.backend, PythonStackBackend)
             sampler.start()
             time.sleep(0.4)
             left_out = sampler.cut()

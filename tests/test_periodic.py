@@ -14,7 +14,7 @@ import time
 
 import pytest
 import requests
-from conftest import go_pprof, raw_samples, run_in_child, spin, threads_running, top_table
+from support import go_pprof, raw_samples, run_in_child, spin, threads_running, top_table
 
 import pyprofiler
 from pyprofiler import proto
@@ -57,7 +57,7 @@ def test_windows_add_up_to_the_process_cpu(tmp_path):
     assert len(files) == 6  # Five whole windows and the last, partial one.
     profiled_ns = sum(cpu_ns_of(tmp_path / name) for name in files)
     assert abs(profiled_ns - process_ns) <= 0.05 * process_ns, (profiled_ns, process_ns)
-    assert "conftest.spin" in top_table(go_pprof(["-top"], tmp_path / files[0]))
+    assert "support.spin" in top_table(go_pprof(["-top"], tmp_path / files[0]))
 
 
 def test_newest_files_are_kept_whole_and_readable(tmp_path):
@@ -73,7 +73,7 @@ def test_newest_files_are_kept_whole_and_readable(tmp_path):
         assert all(NAME.match(entry)["pid"] == str(os.getpid()) for entry in entries)
         for entry in entries:
             go_pprof(["-raw"], tmp_path / entry)
-    assert "conftest.spin" in top_table(go_pprof(["-top"], tmp_path / files["profile"][-1]))
+    assert "support.spin" in top_table(go_pprof(["-top"], tmp_path / files["profile"][-1]))
 
 
 def test_unwritable_directory_is_logged_once_and_retried(tmp_path, caplog):
@@ -140,7 +140,7 @@ def test_a_profile_can_be_taken_while_periodic_windows_run(tmp_path):
         pyprofiler.start_periodic(tmp_path, interval=0.3, profiles=("profile",))
         snapshot = pyprofiler.lookup("profile").snapshot(seconds=0.5)
         pyprofiler.stop_periodic()
-    assert "conftest.spin" in {f.function for s in snapshot.samples for f in s.frames}
+    assert "support.spin" in {f.function for s in snapshot.samples for f in s.frames}
     assert files_by_profile(tmp_path)["profile"]
 
 

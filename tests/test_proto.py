@@ -7,7 +7,7 @@ import gzip
 import re
 
 import pytest
-from conftest import go_pprof, raw_locations, raw_samples, top_table
+from support import go_pprof, raw_locations, raw_samples, top_table
 
 from pyprofiler import proto, symbols
 from pyprofiler._proto import profile_pb2

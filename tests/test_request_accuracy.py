@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, process_cpu_ns, raw_samples, read_line, top_table
+from support import go_pprof, process_cpu_ns, raw_samples, read_line, top_table
 
 WORKLOAD = Path(__file__).with_name("request_workload.py")
 SECONDS = 20

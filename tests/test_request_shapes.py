@@ -10,11 +10,11 @@ import threading
 import time
 
 import pytest
-from conftest import go_pprof, raw_samples, top_table
 from request_workload import WAITS, Workers
+from support import go_pprof, raw_samples, top_table
 
 import pyprofiler
-from pyprofiler.native import native
+from pyprofiler.samplers.native import native
 
 pytestmark = pytest.mark.skipif(
     native is None or not native.stack_reads_available(),

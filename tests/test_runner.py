@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, process_cpu_ns, top_table
+from support import go_pprof, process_cpu_ns, top_table
 
 from pyprofiler import proto, runner
 from pyprofiler.settings import SettingError, Settings, settings_from_environ

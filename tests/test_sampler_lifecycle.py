@@ -8,6 +8,7 @@ runs this module and test_cpu.py again with PYPROFILER_NATIVE=0, for the Python 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -16,12 +17,13 @@ import threading
 import time
 
 import pytest
-from conftest import run_in_child, spin, threads_running, wait_until
+from support import run_in_child, spin, threads_running, wait_until
 from test_cpu import _asleep_in_wait
 
-from pyprofiler import stack_sampler
-from pyprofiler.native import native
-from pyprofiler.stack_sampler import CpuSampler, WallSampler
+from pyprofiler import samplers
+from pyprofiler.samplers import stack_native
+from pyprofiler.samplers.native import native
+from pyprofiler.samplers.stack import CpuSampler, WallSampler
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 
@@ -72,7 +74,7 @@ def test_stop_while_threads_start_and_exit_rapidly():
             assert time.monotonic() - started < 5
         for sampler, snapshot in zip(samplers, snapshots):
             assert sampler.error is None
-            assert "conftest.spin" in functions(snapshot, "spinner")
+            assert "support.spin" in functions(snapshot, "spinner")
             seen_short_lived |= f"{__name__}.short_lived" in functions(snapshot)
     assert seen_short_lived
 
@@ -109,13 +111,13 @@ def test_cpu_and_wall_at_the_same_time():
         idle.set()
     assert cpu_snapshot.sample_types[1].type == "cpu"
     assert wall_snapshot.sample_types[1].type == "wall"
-    assert "conftest.spin" in functions(cpu_snapshot, "spinner")
+    assert "support.spin" in functions(cpu_snapshot, "spinner")
     assert "idler" not in threads(cpu_snapshot)
     assert {"spinner", "idler"} <= threads(wall_snapshot)
     # Each sampler's thread is in neither profile (the caller's stop() frames may be).
     for snapshot in (cpu_snapshot, wall_snapshot):
         assert not {name for name in threads(snapshot) if name.startswith("pyprofiler-")}
-        assert "pyprofiler.stack_sampler.StackSampler._run" not in functions(snapshot)
+        assert "pyprofiler.samplers.stack_python.PythonStackBackend._run" not in functions(snapshot)
     # A wall profile of 0.6 s: about 0.6 s per thread it saw throughout.
     spinner_wall = sum(
         s.values[1] for s in wall_snapshot.samples if dict(s.labels)["thread"] == "spinner"
@@ -150,14 +152,14 @@ def test_fork_while_sampling():
         finally:
             snapshots = [sampler.stop() for sampler in inherited]
     for snapshot in snapshots:
-        assert "conftest.spin" in functions(snapshot, "spinner")
+        assert "support.spin" in functions(snapshot, "spinner")
 
 
 def test_child_exits_without_stopping_inherited_samplers():
     sampler = CpuSampler(1000)
     sampler.start()
     try:
-        code, message = run_in_child(lambda: stack_sampler._stop_native_samplers(), timeout=20)
+        code, message = run_in_child(lambda: stack_native.stop_all_at_exit(), timeout=20)
         assert code == 0, message
     finally:
         sampler.stop()
@@ -166,7 +168,7 @@ def test_child_exits_without_stopping_inherited_samplers():
 EXIT_WITHOUT_STOP = """
     import io, sys, threading, time
     import pyprofiler
-    from pyprofiler import stack_sampler
+    from pyprofiler.samplers import stack
 
     def spin():
         while True:
@@ -174,7 +176,7 @@ EXIT_WITHOUT_STOP = """
 
     threading.Thread(target=spin, daemon=True).start()
     pyprofiler.start_cpu_profile(io.BytesIO())
-    stack_sampler.WallSampler(1000).start()
+    stack.WallSampler(1000).start()
     time.sleep(0.3)
     print("exiting", flush=True)
     {exit}
@@ -201,7 +203,8 @@ def test_python_sampler_passes_the_same_tests():
     check = [
         sys.executable,
         "-c",
-        "from pyprofiler import stack_sampler as s; assert s.CpuSampler()._native is None",
+        "from pyprofiler.samplers import stack, stack_python as p; "
+        "assert isinstance(stack.CpuSampler().backend, p.PythonStackBackend)",
     ]
     subprocess.run(check, env=env, check=True, timeout=SUBPROCESS_TIMEOUT)
     result = subprocess.run(
@@ -268,7 +271,7 @@ def test_consecutive_cuts_add_up_to_the_thread_clock(sampler_class):
     else:
         elapsed = sum(w.duration_nanos for w in windows)
         assert 0.8 * elapsed < spinner_total < 1.2 * elapsed
-    assert all("conftest.spin" in functions(w, "spinner") for w in windows[:-2])
+    assert all("support.spin" in functions(w, "spinner") for w in windows[:-2])
 
 
 def test_an_expired_sampler_ends_and_a_cut_calls_expiry_off():
@@ -279,8 +282,52 @@ def test_an_expired_sampler_ends_and_a_cut_calls_expiry_off():
         time.sleep(0.1)
         assert sampler.cut() is not None  # In time: it goes on.
         time.sleep(0.4)
-        assert "conftest.spin" in functions(sampler.cut())
+        assert "support.spin" in functions(sampler.cut())
         sampler.expire_after(0.05)
         time.sleep(0.5)  # A cut() would call the expiry off: one only, after it.
         assert sampler.cut() is None
         assert sampler.stop().samples == []  # What it recorded since the last cut is gone.
+
+
+class FailingBackend:
+    """A backend whose sampling thread could not run, as the native sampler reports it."""
+
+    own_cpu_ns = 0
+
+    def __init__(self, hz: int, wall: bool) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def cut(self) -> tuple[list, dict[str, int]]:
+        return [], {}
+
+    def stop(self) -> tuple[list, str | None, dict[str, int]]:
+        return [], "could not create a thread state for the sampler thread", {}
+
+    def include_own_threads(self, include: bool) -> None:
+        pass
+
+    def expire_after(self, seconds: float) -> None:
+        pass
+
+
+def test_a_sampler_error_is_commented_in_the_profile_and_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(samplers, "stack_backend", FailingBackend)
+    sampler = WallSampler(100)
+    sampler.start()
+    assert sampler.cut().comments == ()
+    with caplog.at_level(logging.ERROR, logger="pyprofiler"):
+        snapshot = sampler.stop()
+        sampler.stop()
+    assert sampler.error == "could not create a thread state for the sampler thread"
+    assert snapshot.comments == (
+        "pyprofiler: sampling stopped early: could not create a thread state for the sampler "
+        "thread",
+    )
+    logged = [record.getMessage() for record in caplog.records]
+    assert logged == [
+        "pyprofiler: the wall sampler stopped: could not create a thread state for the sampler "
+        "thread"
+    ]

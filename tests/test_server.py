@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import running_server, wait_until
+from support import running_server, wait_until
 
 import pyprofiler
-from pyprofiler import native
+from pyprofiler.samplers import native
 
 TIMEOUT = 30
 
@@ -314,7 +314,11 @@ def test_a_missing_extension_is_explained_by_what_is_actually_missing(tmp_path, 
     monkeypatch.setattr(native, "_PACKAGE", str(installed))
     assert "C compiler" in native._reason(ImportError("no module"))
     result = subprocess.run(
-        [sys.executable, "-c", "from pyprofiler import native; print(native.unavailable_reason)"],
+        [
+            sys.executable,
+            "-c",
+            "from pyprofiler.samplers import native; print(native.unavailable_reason)",
+        ],
         env=dict(os.environ, PYPROFILER_NATIVE="0"),
         capture_output=True,
         text=True,

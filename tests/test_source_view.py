@@ -18,7 +18,7 @@ import urllib.parse
 
 import pytest
 import requests
-from conftest import _pprof_tmpdir, running_server, threads_running
+from support import _pprof_tmpdir, running_server, threads_running
 
 import pyprofiler
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import go_pprof, raw_locations, read_line
+from support import go_pprof, raw_locations, read_line
 
 import pyprofiler
-from pyprofiler import goroutines, proto, render_text, symbols
-from pyprofiler.frames import FrameNamer
-from pyprofiler.native import native
+from pyprofiler import proto, render_text, symbols
+from pyprofiler.samplers import goroutines
+from pyprofiler.samplers.frames import FrameNamer
+from pyprofiler.samplers.native import native
 from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType, escaped
 
 WORKLOAD = Path(__file__).with_name("unusual_workload.py")

@@ -21,7 +21,7 @@ import time
 import types
 
 import pyprofiler
-from pyprofiler.native import native
+from pyprofiler.samplers.native import native
 
 MAX_SECONDS = 120
 UNDECODABLE = "\udce9"  # b"\xe9" in a file name, through os.fsdecode

@@ -24,13 +24,17 @@ import types
 import weakref
 from typing import NamedTuple
 
-from pyprofiler.native import native
+from pyprofiler.samplers import stacks
+from pyprofiler.samplers.limits import LOCK_MAX_DEPTH
+from pyprofiler.samplers.native import native
+from pyprofiler.samplers.own_locks import OwnLock
+from pyprofiler.samplers.stacks import RawStack
 
-MAX_CREATION_FRAMES = 32
+# Frames kept of a creating stack: as many as of a contention's.
+MAX_CREATION_FRAMES = LOCK_MAX_DEPTH
 # Distinct stacks kept for the threadcreate profile; later new stacks are counted under one entry.
 MAX_THREADCREATE_STACKS = 4096
 
-RawStack = tuple  # ((code, line), ...), leaf first
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 
 
@@ -49,7 +53,7 @@ _low_level_creation: dict[int, CreationInfo] = {}  # ident -> info, for _thread 
 _native_ids: dict[int, int] = {}
 # The prefix of the names of pyprofiler's own threads, which profiles leave out by default.
 OWN_THREAD_PREFIX = "pyprofiler-"
-_own_lock = threading.Lock()
+_own_lock = OwnLock()
 _own_threads: dict[int, int] = {}  # ident -> kernel thread id, while each runs
 
 
@@ -68,7 +72,7 @@ class CreationCounts:
             self.dropped += 1
 
 
-_threadcreate_lock = threading.Lock()
+_threadcreate_lock = OwnLock()
 threadcreate = CreationCounts()  # The program's threads.
 own_threadcreate = CreationCounts()  # pyprofiler's own.
 
@@ -100,14 +104,6 @@ def forget_untracked_except(idents: set[int]) -> None:
         _untracked_ids.pop(ident, None)
 
 
-def raw_stack(frame: types.FrameType | None, limit: int = MAX_CREATION_FRAMES) -> RawStack:
-    stack = []
-    while frame is not None and len(stack) < limit:
-        stack.append((frame.f_code, frame.f_lineno))
-        frame = frame.f_back
-    return tuple(stack)
-
-
 def current_goroutine_id() -> int:
     task = None
     try:
@@ -122,7 +118,9 @@ def _created_here(skip: int) -> CreationInfo:
     # asyncio.create_task and friends are not who created the task: their caller is.
     while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
         frame = frame.f_back
-    return CreationInfo(raw_stack(frame), current_goroutine_id(), time.time_ns())
+    return CreationInfo(
+        stacks.walk(frame, MAX_CREATION_FRAMES), current_goroutine_id(), time.time_ns()
+    )
 
 
 def _count_threadcreate(stack: RawStack, own: bool = False) -> None:
@@ -267,22 +265,16 @@ def _create_task(self: asyncio.AbstractEventLoop, coro, *args, **kwargs) -> asyn
     return task
 
 
-def _after_fork_in_child() -> None:
-    global _threadcreate_lock, _own_lock
-    _threadcreate_lock = threading.Lock()
+def after_fork_in_child() -> None:
     _native_ids.clear()
     _native_ids[threading.get_ident()] = threading.get_native_id()
     # Only the forking thread runs in the child, under the kernel id it has here.
-    _own_lock = threading.Lock()
     ident = threading.get_ident()
     own = ident in _own_threads
     _own_threads.clear()
     if own:
         _own_threads[ident] = threading.get_native_id()
     _publish_own_threads()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def install() -> None:

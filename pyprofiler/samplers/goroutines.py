@@ -23,12 +23,13 @@ import weakref
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from pyprofiler import creation
-from pyprofiler.creation import CreationInfo, RawStack
-from pyprofiler.native import native
+from pyprofiler.samplers import creation, stacks
+from pyprofiler.samplers.creation import CreationInfo
+from pyprofiler.samplers.limits import MAX_STACK_DEPTH
+from pyprofiler.samplers.native import native
+from pyprofiler.samplers.stacks import RawStack
 from pyprofiler.stalls import release_gradually
 
-MAX_DEPTH = 128
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Kernel wait channels (/proc/<pid>/task/<tid>/wchan) and what a Go user would call them.
@@ -118,7 +119,7 @@ def await_chain(task: asyncio.Task) -> tuple[RawStack, str]:
     frames = []
     running = False
     awaitable = task.get_coro()
-    while awaitable is not None and len(frames) < MAX_DEPTH:
+    while awaitable is not None and len(frames) < MAX_STACK_DEPTH:
         position = _position(awaitable)
         if position is None:
             break  # A future, or another awaitable without a frame: what the task waits on.
@@ -205,7 +206,7 @@ def _thread_goroutine(ident: int, top: types.FrameType, by_ident: dict) -> Gorou
         name=name,
         state=thread_state(tid, top),
         age_seconds=_thread_age(tid, info),
-        stack=creation.raw_stack(top, MAX_DEPTH),
+        stack=stacks.walk(top),
         creation=info,
     )
 
@@ -282,7 +283,7 @@ def greenlets() -> Iterator[Goroutine]:
             name=name if isinstance(name, str) else f"greenlet-{id(suspended):x}",
             state="switched out",
             age_seconds=None,
-            stack=creation.raw_stack(suspended.gr_frame, MAX_DEPTH),
+            stack=stacks.walk(suspended.gr_frame),
             creation=None,
         )
 

@@ -1,4 +1,5 @@
 """The optional C extension, or None where it was not built; `unavailable_reason` says why.
+The only module that imports it.
 
 `PYPROFILER_NATIVE=0` in the environment ignores a built extension, so that the pure-Python
 fallbacks can be tested on a machine that has it.
@@ -12,7 +13,8 @@ import sys
 import sysconfig
 from types import ModuleType
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# The package directory the extension is built into (the import at the end names it).
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _reason(error: ImportError) -> str:

@@ -1,4 +1,5 @@
-"""The block and mutex profiles: where threads and tasks wait, and whose release made them wait.
+"""The lock recorder behind the block and mutex profiles: where threads and tasks wait, and
+whose release made them wait.
 
 While a rate is set, `threading.Lock`, `threading.RLock` (and so Condition, Semaphore,
 BoundedSemaphore, Event, Barrier and queue.Queue, which are built on them) create the native
@@ -17,7 +18,6 @@ events is recorded for the mutex profile and scaled by `fraction`.
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import functools
 import os
@@ -29,30 +29,30 @@ import time
 import types
 from typing import Any, Callable
 
-from pyprofiler import creation, registry
-from pyprofiler.frames import FrameNamer
-from pyprofiler.native import native as _native
-from pyprofiler.render_text import contention_text
-from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType
+from pyprofiler.samplers import stacks
+from pyprofiler.samplers.limits import LOCK_MAX_DEPTH, LOCK_MAX_ENTRIES
+from pyprofiler.samplers.native import native
+from pyprofiler.samplers.own_locks import OwnLock
+from pyprofiler.samplers.stacks import RawStack
 
-# Distinct (stack, primitive type) entries per table; beyond it, events are counted under one
-# entry. The native locks' tables in C have the same bound.
-MAX_ENTRIES = 4096
-_TABLE_FULL = Frame("[pyprofiler: contention table full]", "<pyprofiler>", 0, 0)
+# An entry's key when the table is full: its raw stack () stands for "table full".
 _TABLE_FULL_KEY = ((), None)
 # Frames of the synchronization machinery itself: the `lock` label names the primitive by the
 # outermost of them, and the variable that holds it is looked up in the first frame outside.
 _SYNC_FILES = (threading.__file__, queue.__file__, os.path.dirname(asyncio.__file__))
-_NATIVE_NAMES = {"Lock": "threading.Lock", "RLock": "threading.RLock"}
+_NATIVE_NAMES = (
+    {native.Lock: "threading.Lock", native.RLock: "threading.RLock"} if native is not None else {}
+)
 _rng = random.Random()
 
-_table_lock = _thread.allocate_lock()  # Never one of ours: recording must not record itself.
+_table_lock = OwnLock()  # Never a recording lock: recording must not record itself.
 _local = threading.local()
 _block_rate = 0
 _mutex_fraction = 0
 
-# One recorded entry: (raw stack, `lock` label, count, delay in ns).
-Recorded = tuple[creation.RawStack, str, float, float]
+# One recorded entry: (raw stack, `lock` label, count, delay in ns); the stack () stands for
+# the events that no longer fitted in the table.
+Recorded = tuple[RawStack, str, float, float]
 
 
 class _Table:
@@ -65,12 +65,12 @@ class _Table:
     repeat on every event."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[creation.RawStack, type | None], list] = {}
+        self.entries: dict[tuple[RawStack, type | None], list] = {}
 
-    def new_entry(self, key: tuple[creation.RawStack, type], label: str) -> list:
+    def new_entry(self, key: tuple[RawStack, type], label: str) -> list:
         """The entry for `key`, made with `label` unless another thread made it meanwhile."""
         with _table_lock:
-            if key not in self.entries and len(self.entries) >= MAX_ENTRIES:
+            if key not in self.entries and len(self.entries) >= LOCK_MAX_ENTRIES:
                 key, label = _TABLE_FULL_KEY, ""
             return self.entries.setdefault(key, [label, 0.0, 0.0])
 
@@ -94,8 +94,9 @@ def _is_sync_frame(frame: types.FrameType) -> bool:
 
 def _type_name(obj: object) -> str:
     cls = type(obj)
-    if cls.__module__ == "pyprofiler.samplers._native":
-        return _NATIVE_NAMES.get(cls.__name__, cls.__name__)
+    native_name = _NATIVE_NAMES.get(cls)
+    if native_name is not None:
+        return native_name
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -133,10 +134,7 @@ def _record(table: _Table, count: float, delay: float, lock: object, skip: int) 
         return
     _local.recording = True
     try:
-        if _native is not None:
-            raw = _native.current_stack(skip + 1)[: creation.MAX_CREATION_FRAMES]
-        else:
-            raw = creation.raw_stack(sys._getframe(skip + 1))
+        raw = stacks.current_stack(skip + 1, LOCK_MAX_DEPTH)
         key = (raw, type(lock))
         entry = table.entries.get(key)
         if entry is None:  # Labelled outside the table's lock: it reads the program's objects.
@@ -271,13 +269,13 @@ def _install_python_wrappers() -> None:
 def _install() -> None:
     if _original:
         return
-    if _native is not None:
+    if native is not None:
         _original[(threading, "Lock")] = threading.Lock
         _original[(threading, "_allocate_lock")] = threading._allocate_lock  # type: ignore[attr-defined]
         _original[(threading, "_CRLock")] = threading._CRLock  # type: ignore[attr-defined]
-        threading.Lock = _native.Lock  # type: ignore[misc,assignment]
-        threading._allocate_lock = _native.Lock  # type: ignore[attr-defined]
-        threading._CRLock = _native.RLock  # type: ignore[attr-defined]
+        threading.Lock = native.Lock  # type: ignore[misc,assignment]
+        threading._allocate_lock = native.Lock  # type: ignore[attr-defined]
+        threading._CRLock = native.RLock  # type: ignore[attr-defined]
     _install_python_wrappers()
 
 
@@ -292,8 +290,8 @@ def _apply() -> None:
         _install()
     else:
         _uninstall()
-    if _native is not None:
-        _native.set_lock_profiling(
+    if native is not None:
+        native.set_lock_profiling(
             _block_rate, _mutex_fraction, _label_native if _block_rate or _mutex_fraction else None
         )
 
@@ -320,75 +318,13 @@ def set_mutex_profile_fraction(fraction: int) -> int:
     return previous
 
 
-class _ContentionProfile(registry.Profile):
-    supports_delta = True
-    table: _Table
-
-    def header(self) -> str:
-        raise NotImplementedError
-
-    def _recorded(self) -> list[Recorded]:
-        recorded = self.table.items()
-        if _native is not None:
-            recorded += _native.lock_contentions(self.name)
-        return recorded
-
-    def count(self) -> int:
-        return len({(raw, label) for raw, label, _, _ in self._recorded()})
-
-    def _entries(self) -> list[tuple[tuple[Frame, ...], str, int, int]]:
-        merged: dict[tuple[creation.RawStack, str], list[float]] = {}
-        for raw, label, count, delay in self._recorded():
-            total = merged.setdefault((raw, label), [0.0, 0.0])
-            total[0] += count
-            total[1] += delay
-        namer = FrameNamer()
-        return [
-            (namer.stack(raw) if raw else (_TABLE_FULL,), label, round(count), round(delay))
-            for (raw, label), (count, delay) in merged.items()
-        ]
-
-    def snapshot(self, seconds: float | None = None) -> Snapshot:
-        return Snapshot(
-            sample_types=(ValueType("contentions", "count"), ValueType("delay", "nanoseconds")),
-            period_type=ValueType("contentions", "count"),
-            period=1,
-            time_nanos=time.time_ns(),
-            samples=[
-                Sample(frames, (count, delay), (("lock", label),) if label else ())
-                for frames, label, count, delay in self._entries()
-            ],
-        )
-
-    def text(self, debug: int) -> list[str]:
-        records = [(delay, count, frames) for frames, _, count, delay in self._entries()]
-        return [contention_text(self.header(), records)]
+def mutex_fraction() -> int:
+    return _mutex_fraction
 
 
-class BlockProfile(_ContentionProfile):
-    name = "block"
-    description = "Stack traces that led to blocking on synchronization primitives"
-    table = _block
-
-    def header(self) -> str:
-        return "--- contention:\ncycles/second=1000000000"
-
-
-class MutexProfile(_ContentionProfile):
-    name = "mutex"
-    description = "Stack traces of holders of contended mutexes"
-    table = _mutex
-
-    def header(self) -> str:
-        return f"--- mutex:\ncycles/second=1000000000\nsampling period={_mutex_fraction}"
-
-
-def _after_fork_in_child() -> None:
-    global _table_lock
-    _table_lock = _thread.allocate_lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-registry.register(BlockProfile())
-registry.register(MutexProfile())
+def recorded(profile: str) -> list[Recorded]:
+    """What the `block` or `mutex` table holds, the Python wrappers' and the native locks'."""
+    entries = (_block if profile == "block" else _mutex).items()
+    if native is not None:
+        entries += native.lock_contentions(profile)
+    return entries

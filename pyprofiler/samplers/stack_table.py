@@ -10,20 +10,19 @@ from __future__ import annotations
 import types
 from typing import Union
 
-from pyprofiler.frames import FrameNamer
-from pyprofiler.native import native
-from pyprofiler.snapshot import Frame, Sample
+from pyprofiler.samplers import stacks
+from pyprofiler.samplers.frames import FrameNamer
+from pyprofiler.samplers.limits import SAMPLER_MAX_ENTRIES
+from pyprofiler.snapshot import Frame, Sample, table_full
 
-# Go's stack depth for its profiles since 1.23; deeper stacks keep their innermost frames.
-MAX_DEPTH = 128
-# Memory bound: at most MAX_STACKS stacks of MAX_DEPTH 8-byte references (about 10 MB), plus
-# MAX_FRAMES interned (code, line) pairs (about 10 MB); typical services use well under 1 MB.
-MAX_STACKS = 10_000
+# Memory bound: at most MAX_STACKS stacks of MAX_STACK_DEPTH 8-byte references (about 10 MB),
+# plus MAX_FRAMES interned (code, line) pairs (about 10 MB); typical services use well under 1 MB.
+MAX_STACKS = SAMPLER_MAX_ENTRIES
 MAX_FRAMES = 50_000
 
 # The frames that samples which no longer fit are counted under.
-STACK_TABLE_FULL = Frame("[pyprofiler: stack table full]", "<pyprofiler>", 0, 0)
-FRAME_TABLE_FULL = Frame("[pyprofiler: frame table full]", "<pyprofiler>", 0, 0)
+STACK_TABLE_FULL = table_full("stack")
+FRAME_TABLE_FULL = table_full("frame")
 
 _STACK_TABLE_FULL = 0
 _FRAME_TABLE_FULL = 1
@@ -51,13 +50,7 @@ class StackTable:
         return frame_id
 
     def add(self, frame: types.FrameType, thread_name: str, value: int) -> None:
-        if native is not None:  # Reads the frames without creating frame objects (3.11+).
-            raw = native.frame_stack(frame)
-        else:
-            raw = []
-            while frame is not None and len(raw) < MAX_DEPTH:
-                raw.append((frame.f_code, frame.f_lineno))
-                frame = frame.f_back
+        raw = stacks.frame_stack(frame)
         frame_ids = self._frame_ids
         ids = tuple([frame_ids.get(key) or self._intern(key) for key in raw])
         stack_key = (ids, thread_name)

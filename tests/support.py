@@ -1,0 +1,247 @@
+"""Helpers the tests share: `go tool pprof` as the judge of every profile, servers that always
+stop, busy/idle threads with known function names, and a bounded fork runner. (conftest.py
+holds only the fixtures.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import threading
+import time
+import traceback
+
+import pytest
+
+import pyprofiler
+
+GO_PPROF_TIMEOUT = 90
+
+
+def _run_go_pprof(args: list[str], path, timeout: float) -> subprocess.CompletedProcess:
+    # PPROF_TMPDIR: pprof saves fetched profiles there instead of in ~/pprof.
+    return subprocess.run(
+        ["go", "tool", "pprof", *args, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PPROF_TMPDIR=_pprof_tmpdir[0]),
+        check=False,
+    )
+
+
+def go_pprof(args: list[str], path: str | os.PathLike, timeout: float = GO_PPROF_TIMEOUT) -> str:
+    """Run `go tool pprof ARGS PATH` (PATH may be a URL) and return its stdout.
+
+    Fails the test with pprof's stderr when pprof rejects the input: that is the point of
+    asking the real client.
+    """
+    result = _run_go_pprof(args, path, timeout)
+    if result.returncode != 0:
+        pytest.fail(f"go tool pprof {' '.join(args)} {path} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def go_pprof_error(args: list[str], path: str | os.PathLike, timeout: float = 60) -> str:
+    """Run `go tool pprof` where it must fail; return its stderr (what the user is shown)."""
+    result = _run_go_pprof(args, path, timeout)
+    assert result.returncode != 0, f"go tool pprof unexpectedly accepted {path}"
+    return result.stderr
+
+
+# Where pprof saves what it fetches; conftest.py sets it once a session.
+_pprof_tmpdir = [""]
+
+
+_TOP_LINE = re.compile(
+    r"^\s*(?P<flat>\S+)\s+(?P<flat_pct>[\d.]+)%\s+[\d.]+%\s+(?P<cum>\S+)\s+"
+    r"(?P<cum_pct>[\d.]+)%\s+(?P<name>.+?)\s*$"
+)
+
+
+def top_table(output: str) -> dict[str, tuple[float, float]]:
+    """Function name -> (flat %, cum %) from `go tool pprof -top` output."""
+    table = {}
+    for line in output.splitlines():
+        match = _TOP_LINE.match(line)
+        if match and match["flat"] != "flat":
+            table[match["name"]] = (float(match["flat_pct"]), float(match["cum_pct"]))
+    return table
+
+
+def raw_samples(output: str) -> list[tuple[tuple[int, ...], dict[str, str]]]:
+    """(values, labels) per sample from `go tool pprof -raw` output; labels as printed."""
+    samples: list[tuple[tuple[int, ...], dict[str, str]]] = []
+    section = None
+    for line in output.splitlines():
+        if line in ("Samples:", "Locations", "Mappings"):
+            section = line
+            continue
+        if section != "Samples:":
+            continue
+        values = re.match(r"^\s+([\d\s-]+):", line)
+        label = re.match(r"^\s+(\S+):\[(.*)\]\s*$", line)
+        if values:
+            samples.append((tuple(int(v) for v in values[1].split()), {}))
+        elif label and samples:
+            samples[-1][1][label[1]] = label[2]
+    return samples
+
+
+def raw_locations(output: str) -> dict[int, str]:
+    """Location id -> its `-raw` line (address, mapping, function, file:line)."""
+    locations = {}
+    section = None
+    for line in output.splitlines():
+        if line in ("Samples:", "Locations", "Mappings"):
+            section = line
+            continue
+        match = re.match(r"^\s+(\d+): (.*)$", line)
+        if section == "Locations" and match:
+            locations[int(match[1])] = match[2]
+    return locations
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """A line of a workload subprocess's output, failing the test if none comes in time."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"workload printed nothing within {timeout} s"
+    line = process.stdout.readline()
+    assert line, f"workload exited early: {process.wait(timeout=5)}"
+    return line.strip()
+
+
+def process_cpu_ns(pid: int) -> int:
+    """utime + stime of the whole process from /proc, in nanoseconds."""
+    with open(f"/proc/{pid}/stat") as file:
+        # Fields after the parenthesised command name, which may itself contain spaces.
+        fields = file.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # stat fields 14 and 15
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll `condition` until true; bounded in time so that a hang fails instead of blocking."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+@contextlib.contextmanager
+def running_server(**kwargs):
+    """pyprofiler.serve(port=0) that is stopped whatever the test does."""
+    server = pyprofiler.serve(host="127.0.0.1", port=0, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def spin(stop: threading.Event, limit: float = 30.0) -> None:
+    """Burn CPU in pure Python until `stop` is set (or `limit` seconds, so nothing outlives
+    a test run)."""
+    deadline = time.monotonic() + limit
+    while not stop.is_set() and time.monotonic() < deadline:
+        total = 0
+        for i in range(20_000):
+            total += i
+
+
+@contextlib.contextmanager
+def threads_running(*targets: tuple[str, object]):
+    """Start one thread per (name, function(stop_event)); stop and join them on exit."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=fn, args=(stop,), name=name) for name, fn in targets]
+    for thread in threads:
+        thread.start()
+    try:
+        yield threads
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(t.is_alive() for t in threads), "a test thread did not stop"
+
+
+def run_in_child(body, timeout: float = 30.0) -> tuple[int, str]:
+    """Fork; the child runs `body()` and exits 0 if it returned, 1 with the traceback if it
+    raised. Returns (exit code, child's message); a child still running after `timeout`
+    seconds is killed (exit code -SIGKILL), so a deadlock fails the test instead of hanging it.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # Child: never return into pytest.
+        code = 1
+        try:
+            os.close(read_fd)
+            try:
+                body()
+                code, message = 0, "ok"
+            except BaseException:
+                message = traceback.format_exc()
+            os.write(write_fd, message.encode()[:60_000])
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+        if waited:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_fd, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status), message or f"killed after {timeout} s (deadlock?)"
+    return os.WEXITSTATUS(status), message
+
+
+# --- Count profiles (goroutine, threadcreate, custom): absolute -top values and -traces stacks.
+
+_TOP_COUNT_LINE = re.compile(
+    r"^\s*(?P<flat>-?\d+)\s+-?[\d.]+%\s+-?[\d.]+%\s+(?P<cum>-?\d+)\s+-?[\d.]+%\s+(?P<name>.+?)\s*$"
+)
+
+
+def top_counts(output: str) -> dict[str, tuple[int, int]]:
+    """Function name -> (flat, cum) from `go tool pprof -top` of a count profile, whose values
+    pprof prints as plain integers (negative ones too, in a delta)."""
+    table = {}
+    for line in output.splitlines():
+        match = _TOP_COUNT_LINE.match(line)
+        if match:
+            table[match["name"]] = (int(match["flat"]), int(match["cum"]))
+    return table
+
+
+def pprof_traces(output: str) -> list[tuple[int, dict[str, str], list[str]]]:
+    """(value, string labels, function names leaf first) per sample of `go tool pprof -traces`."""
+    traces = []
+    for block in re.split(r"^-+\+-+$", output, flags=re.M)[1:]:
+        value, labels, functions = None, {}, []
+        for line in block.splitlines():
+            if not line.strip():
+                continue
+            if value is None:
+                sample = re.match(r"^\s*(-?\d+)\s{3}(\S.*)$", line)
+                label = re.match(r"^\s*([^\s:]+):\s+(.*)$", line)
+                if sample:
+                    value = int(sample[1])
+                    functions.append(sample[2].strip())
+                elif label:
+                    labels[label[1]] = label[2].strip()
+            else:
+                functions.append(line.strip())
+        if value is not None:
+            traces.append((value, labels, functions))
+    return traces
