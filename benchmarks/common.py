@@ -27,24 +27,31 @@ MIN_PAIRS = 3
 class MachineLoad:
     """CPUs that other processes used: on a 2-core machine anything else running disturbs the
     figures. Linux only, as the CPU profile is: the machine's idle time from /proc/stat, this
-    process's and its waited-for children's (the load generator's) CPU from getrusage()."""
+    process's and its waited-for children's (the load generator's) CPU from getrusage(), and that
+    of `measured`, a child still running (the app under test), from /proc."""
 
-    def __init__(self) -> None:
+    def __init__(self, measured: int | None = None) -> None:
+        self._measured = measured
         self._start = self._read()
 
-    @staticmethod
-    def _read() -> tuple[float, float, float]:
+    def _read(self) -> tuple[float, float, float]:
+        tick = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as stat:
             fields = stat.readline().split()
-        idle = (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
+        idle = (int(fields[4]) + int(fields[5])) / tick  # idle + iowait
         own = sum(
             usage.ru_utime + usage.ru_stime
             for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         )
+        if self._measured is not None:
+            with open(f"/proc/{self._measured}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+            own += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         return idle, own, time.monotonic()
 
     def others(self) -> float:
-        """CPUs, on average since creation, neither idle nor used by this process."""
+        """CPUs, on average since creation, neither idle nor used by this process, its
+        waited-for children or `measured`."""
         idle, own, wall = (end - start for end, start in zip(self._read(), self._start))
         return max(0.0, (os.cpu_count() or 1) - (idle + own) / wall)
 

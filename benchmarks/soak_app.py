@@ -3,7 +3,7 @@ allocate (some of it kept in a bounded cache), take a contended lock, pass a que
 beside it a thread that starts short-lived threads and an asyncio loop whose tasks allocate and
 sleep, as a long-running service does.
 
-    python benchmarks/soak_app.py [--no-profilers] [--new-site-after SECONDS]
+    python benchmarks/soak_app.py [--no-profilers] [--new-site-after SECONDS] [--cpu N]
 
 With profilers (the default): pyprofiler serves on a free port with every profiler on (heap at
 Go's default rate, block rate 1, mutex fraction 1). After --new-site-after seconds a thread starts
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import queue
 import random
 import sys
@@ -45,6 +46,14 @@ def render(fields: dict, rows: int) -> str:
         for key, values in sorted(fields.items())
         for _ in range(rows)
     )
+
+
+class KeepAliveHandler(QuietHandler):
+    """HTTP/1.1, so that each of the load generator's keep-alive connections is one server
+    thread for the whole run, as behind a production server's pool. Werkzeug's default,
+    HTTP/1.0, closes every connection: a new thread per request, 1 500 a second here."""
+
+    protocol_version = "HTTP/1.1"
 
 
 def make_app() -> Flask:
@@ -99,9 +108,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-profilers", action="store_true")
     parser.add_argument("--new-site-after", type=float, default=540)
+    parser.add_argument("--cpu", type=int, help="run on this CPU only (every thread inherits it)")
     args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     stop = threading.Event()
-    server = make_server(HOST, 0, make_app(), threaded=True, request_handler=QuietHandler)
+    server = make_server(HOST, 0, make_app(), threaded=True, request_handler=KeepAliveHandler)
     threading.Thread(target=server.serve_forever, name="http-server", daemon=True).start()
     threading.Thread(target=short_lived_threads, args=(stop,), name="spawner", daemon=True).start()
     threading.Thread(
