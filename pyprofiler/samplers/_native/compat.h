@@ -1,6 +1,6 @@
 /* Shims over the CPython versions pyprofiler builds for (3.9 to 3.13), so that the other files
- * call one name whatever the version. Frame layouts are not here: only frames.c and stackread.c
- * read them, each through the headers of the Python being built for. */
+ * call one name whatever the version. Frame layouts are not here but in frame_layout.h, which
+ * only frames.c and stackread.c include. */
 #ifndef PPF_COMPAT_H
 #define PPF_COMPAT_H
 

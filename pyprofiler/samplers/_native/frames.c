@@ -12,14 +12,7 @@
 #include "compat.h"
 #include "limits.h"
 
-#if PY_VERSION_HEX < 0x030B0000
-#  include <frameobject.h>
-#else
-/* The interpreter's frame layout, as Modules/_tracemalloc.c reads it. */
-#  define Py_BUILD_CORE
-#  include "internal/pycore_frame.h"
-#  undef Py_BUILD_CORE
-#endif
+#include "frame_layout.h"
 
 #if PY_VERSION_HEX < 0x030B0000
 typedef PyFrameObject walk_t;

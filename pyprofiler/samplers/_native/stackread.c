@@ -16,13 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#if PY_VERSION_HEX < 0x030B0000
-#  include <frameobject.h>
-#else
-#  define Py_BUILD_CORE
-#  include "internal/pycore_frame.h"
-#  undef Py_BUILD_CORE
-#endif
+#include "frame_layout.h"
 
 #ifdef Py_GIL_DISABLED
 #  error "the free-threaded build keeps no GIL-bound frames to read: not supported"
