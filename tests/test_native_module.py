@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pyprofiler.native import native
+from pyprofiler.samplers.native import native
 
 pytestmark = pytest.mark.skipif(native is None, reason="needs the C extension")
 

@@ -230,20 +230,19 @@ def test_include_self_over_http_shows_the_servers_threads(tmp_path):
     assert {f for f in started if f.startswith("pyprofiler.")}, started
 
 
-def churn(stop: threading.Event, errors: list) -> int:
+def churn(stop: threading.Event, errors: list, started: list) -> None:
     """Start short-lived threads of ours and of the program's, one after the other, so that
-    each reuses the ident (and the stack) that the previous one left; returns how many."""
-    started = 0
+    each reuses the ident (and the stack) that the previous one left; counts them in
+    `started[0]`."""
     try:
-        while not stop.is_set() and started < 5_000:
+        while not stop.is_set() and started[0] < 5_000:
             for name, target in ((f"{OWN}-churn", own_burst), ("app-churn", burst)):
                 thread = threading.Thread(target=target, args=(0.002,), name=name)
                 thread.start()
                 thread.join(timeout=10)
-                started += 1
+                started[0] += 1
     except Exception as exc:  # Surfaced by the test, not lost in a thread.
         errors.append(exc)
-    return started
 
 
 def windows_with_ours(stop: threading.Event) -> list:
@@ -257,25 +256,25 @@ def windows_with_ours(stop: threading.Event) -> list:
 
 
 def test_skipped_threads_stay_right_under_churn(tmp_path):
-    stop, errors = threading.Event(), []
+    stop, errors, started = threading.Event(), [], [0]
     pyprofiler.set_cpu_profile_rate(1000)  # Readings every millisecond, as threads come and go.
     with Burners(), concurrent.futures.ThreadPoolExecutor(2) as pool:
-        churning = pool.submit(churn, stop, errors)
+        churning = pool.submit(churn, stop, errors, started)
         with_ours = pool.submit(windows_with_ours, stop)
         try:
-            # Windows that follow each other on both samplers while threads come and go.
-            snapshots = [
-                pyprofiler.lookup(name).snapshot(0.5)
-                for _ in range(3)
-                for name in ("profile", "wall")
-            ]
+            # Windows that follow each other on both samplers while threads come and go, until
+            # at least 100 threads have come and gone (a loaded machine starts fewer per second).
+            snapshots = []
+            while len(snapshots) < 6 or (started[0] <= 100 and len(snapshots) < 40):
+                for name in ("profile", "wall"):
+                    snapshots.append(pyprofiler.lookup(name).snapshot(0.5))
         finally:
             stop.set()
             pyprofiler.set_cpu_profile_rate(100)
-        started = churning.result(timeout=30)
+        churning.result(timeout=30)
         included = with_ours.result(timeout=30)
     assert not errors
-    assert started > 100
+    assert started[0] > 100
     for snapshot in snapshots:
         assert f"{MOD}.own_burst" not in functions(snapshot)
         assert f"{MOD}.own_burn" not in functions(snapshot)
