@@ -49,9 +49,9 @@ def render(fields: dict, rows: int) -> str:
 
 
 class KeepAliveHandler(QuietHandler):
-    """HTTP/1.1, so that each of the load generator's keep-alive connections is one server
-    thread for the whole run, as behind a production server's pool. Werkzeug's default,
-    HTTP/1.0, closes every connection: a new thread per request, 1 500 a second here."""
+    """HTTP/1.1. Werkzeug still closes every connection (it sends `Connection: close` and
+    drains the socket after each response), so each request is a new thread: see the soak
+    section of docs/performance.md."""
 
     protocol_version = "HTTP/1.1"
 
