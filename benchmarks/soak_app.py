@@ -48,7 +48,7 @@ def render(fields: dict, rows: int) -> str:
     )
 
 
-class KeepAliveHandler(QuietHandler):
+class Http11Handler(QuietHandler):
     """HTTP/1.1. Werkzeug still closes every connection (it sends `Connection: close` and
     drains the socket after each response), so each request is a new thread: see the soak
     section of docs/performance.md."""
@@ -113,7 +113,7 @@ def main() -> None:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     stop = threading.Event()
-    server = make_server(HOST, 0, make_app(), threaded=True, request_handler=KeepAliveHandler)
+    server = make_server(HOST, 0, make_app(), threaded=True, request_handler=Http11Handler)
     threading.Thread(target=server.serve_forever, name="http-server", daemon=True).start()
     threading.Thread(target=short_lived_threads, args=(stop,), name="spawner", daemon=True).start()
     threading.Thread(
