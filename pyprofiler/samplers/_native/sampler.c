@@ -915,6 +915,12 @@ read_threads(SamplerObject *self, int record)
         else {
             read_cpu(self, &thread, &copy, record);
         }
+        /* A thread of ours may have registered between the look-up above and the copy of its
+         * stack, and be sampled in its own code: asked again now, it is known to be ours (it
+         * registers before it runs that code), even if it ends before the next reading. */
+        if (!thread.own && own_thread(copy.ident, thread.tid) > 0) {
+            thread.own = 1;
+        }
         if (thread.own) {
             mark_own(self, &thread);
         }
