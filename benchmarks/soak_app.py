@@ -1,7 +1,8 @@
-"""The service of benchmarks/soak.py, run as a script: a threaded Flask app whose requests parse,
-allocate (some of it kept in a bounded cache), take a contended lock, pass a queue and render;
-beside it a thread that starts short-lived threads and an asyncio loop whose tasks allocate and
-sleep, as a long-running service does.
+"""The service of benchmarks/soak.py, run as a script: a Flask app served by waitress (a fixed pool
+of request threads over keep-alive connections, as in production) whose requests parse, allocate
+(some of it kept in a bounded cache), take a contended lock, pass a queue and render; beside it a
+thread that starts short-lived threads and an asyncio loop whose tasks allocate and sleep, as a
+long-running service does.
 
     python benchmarks/soak_app.py [--no-profilers] [--new-site-after SECONDS] [--cpu N]
 
@@ -18,15 +19,16 @@ import argparse
 import asyncio
 import collections
 import json
+import logging
 import os
 import queue
 import random
 import sys
 import threading
 
-from common import QuietHandler
+from common import HTTP_CLIENTS
 from flask import Flask
-from werkzeug.serving import make_server
+from waitress.server import create_server
 
 HOST = "127.0.0.1"
 CACHE_ENTRIES = 2_000
@@ -46,14 +48,6 @@ def render(fields: dict, rows: int) -> str:
         for key, values in sorted(fields.items())
         for _ in range(rows)
     )
-
-
-class Http11Handler(QuietHandler):
-    """HTTP/1.1. Werkzeug still closes every connection (it sends `Connection: close` and
-    drains the socket after each response), so each request is a new thread: see the soak
-    section of docs/performance.md."""
-
-    protocol_version = "HTTP/1.1"
 
 
 def make_app() -> Flask:
@@ -113,8 +107,10 @@ def main() -> None:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     stop = threading.Event()
-    server = make_server(HOST, 0, make_app(), threaded=True, request_handler=Http11Handler)
-    threading.Thread(target=server.serve_forever, name="http-server", daemon=True).start()
+    # One request thread per load-generator connection; waitress warns whenever requests queue.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    server = create_server(make_app(), host=HOST, port=0, threads=HTTP_CLIENTS)
+    threading.Thread(target=server.run, name="http-server", daemon=True).start()
     threading.Thread(target=short_lived_threads, args=(stop,), name="spawner", daemon=True).start()
     threading.Thread(
         target=asyncio.run, args=(task_churn(stop),), name="event-loop", daemon=True
@@ -127,7 +123,7 @@ def main() -> None:
         import pyprofiler
 
         pprof = pyprofiler.serve(port=0, block_profile_rate=1, mutex_profile_fraction=1).url
-    print(json.dumps({"port": server.server_port, "pprof": pprof}), flush=True)
+    print(json.dumps({"port": int(server.effective_port), "pprof": pprof}), flush=True)
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":
@@ -141,7 +137,7 @@ def main() -> None:
             pyprofiler.set_mutex_profile_fraction(1 if on else 0)
             print(json.dumps({"profilers": on}), flush=True)
     stop.set()
-    server.shutdown()
+    server.close()
 
 
 if __name__ == "__main__":
