@@ -14,6 +14,7 @@ from pyprofiler.count_profiles import new_profile
 from pyprofiler.cpu import set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile
 from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError, PyprofilerError
 from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_heap_profile
+from pyprofiler.labels import get_labels, labels
 from pyprofiler.periodic import start_periodic, stop_periodic
 from pyprofiler.registry import Profile, lookup, profiles
 from pyprofiler.samplers.locks import set_block_profile_rate, set_mutex_profile_fraction
@@ -29,7 +30,9 @@ __all__ = [
     "asgi_app",
     "blueprint",
     "create_app",
+    "get_labels",
     "get_mem_profile_rate",
+    "labels",
     "lookup",
     "new_profile",
     "profiles",

@@ -9,7 +9,6 @@ from pyprofiler import registry
 from pyprofiler.render_text import contention_text
 from pyprofiler.samplers import locks
 from pyprofiler.samplers.frames import FrameNamer
-from pyprofiler.samplers.stacks import RawStack
 from pyprofiler.snapshot import Frame, Sample, Snapshot, ValueType, table_full
 
 TABLE_FULL = table_full("contention")
@@ -22,18 +21,24 @@ class _ContentionProfile(registry.Profile):
         raise NotImplementedError
 
     def count(self) -> int:
-        return len({(raw, label) for raw, label, _, _ in locks.recorded(self.name)})
+        return len({(raw, label, labels) for raw, label, _, _, labels in locks.recorded(self.name)})
 
-    def _entries(self) -> list[tuple[tuple[Frame, ...], str, int, int]]:
-        merged: dict[tuple[RawStack, str], list[float]] = {}
-        for raw, label, count, delay in locks.recorded(self.name):
-            total = merged.setdefault((raw, label), [0.0, 0.0])
+    def _entries(self) -> list[tuple[tuple[Frame, ...], tuple[tuple[str, str], ...], int, int]]:
+        """(frames, labels, count, delay) per (stack, lock label, label set)."""
+        merged: dict[tuple, list[float]] = {}
+        for raw, label, count, delay, labels in locks.recorded(self.name):
+            total = merged.setdefault((raw, label, labels), [0.0, 0.0])
             total[0] += count
             total[1] += delay
         namer = FrameNamer()
         return [
-            (namer.stack(raw) if raw else (TABLE_FULL,), label, round(count), round(delay))
-            for (raw, label), (count, delay) in merged.items()
+            (
+                namer.stack(raw) if raw else (TABLE_FULL,),
+                ((("lock", label),) if label else ()) + labels,
+                round(count),
+                round(delay),
+            )
+            for (raw, label, labels), (count, delay) in merged.items()
         ]
 
     def snapshot(self, seconds: float | None = None) -> Snapshot:
@@ -43,13 +48,18 @@ class _ContentionProfile(registry.Profile):
             period=1,
             time_nanos=time.time_ns(),
             samples=[
-                Sample(frames, (count, delay), (("lock", label),) if label else ())
-                for frames, label, count, delay in self._entries()
+                Sample(frames, (count, delay), labels)
+                for frames, labels, count, delay in self._entries()
             ],
         )
 
     def text(self, debug: int) -> list[str]:
-        records = [(delay, count, frames) for frames, _, count, delay in self._entries()]
+        by_stack: dict[tuple[Frame, ...], list[int]] = {}
+        for frames, _, count, delay in self._entries():  # The text has no labels: one per stack.
+            total = by_stack.setdefault(frames, [0, 0])
+            total[0] += count
+            total[1] += delay
+        records = [(delay, count, frames) for frames, (count, delay) in by_stack.items()]
         return [contention_text(self.header(), records)]
 
 

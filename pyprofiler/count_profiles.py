@@ -66,11 +66,15 @@ class CountProfile(registry.Profile):
             samples=samples,
         )
 
+    # Labels of the profile's own that the debug=1 text leaves out (it shows the program's).
+    own_label_keys: frozenset = frozenset()
+
     def text(self, debug: int, include_self: bool = False) -> Iterable[str]:
         counts: Counter = Counter()
-        for frames, _, count in self.counted_stacks(include_self):
-            counts[frames] += count
-        groups = [(count, frames) for frames, count in counts.items()]
+        for frames, labels, count in self.counted_stacks(include_self):
+            shown = tuple(pair for pair in labels if pair[0] not in self.own_label_keys)
+            counts[(frames, shown)] += count
+        groups = [(count, frames, labels) for (frames, labels), count in counts.items()]
         return [count_text(self.name, sum(counts.values()), groups)]
 
 
@@ -82,6 +86,8 @@ class GoroutineProfile(CountProfile):
         "Stack traces of all current goroutines. Use debug=2 as a query parameter to export in "
         "the same format as an unrecovered panic."
     )
+
+    own_label_keys = frozenset({"kind", "thread", "task", "greenlet"})
 
     def count(self) -> int:
         return (
@@ -95,7 +101,7 @@ class GoroutineProfile(CountProfile):
     ) -> Iterator[tuple[tuple[Frame, ...], Labels, int]]:
         namer = FrameNamer()
         for g in goroutines.goroutines(include_self):
-            yield namer.stack(g.stack), (("kind", g.kind), (g.kind, g.name)), 1
+            yield namer.stack(g.stack), (("kind", g.kind), (g.kind, g.name)) + g.labels, 1
 
     def text(self, debug: int, include_self: bool = False) -> Iterable[str]:
         if debug < 2:

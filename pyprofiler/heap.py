@@ -81,7 +81,12 @@ def _sampled_snapshot(default_sample_type: str) -> Snapshot:
         inuse = _scaled(record.allocs - record.frees, record.alloc_bytes - record.free_bytes, rate)
         size = record.alloc_bytes // record.allocs if record.allocs else 0
         samples.append(
-            Sample(record.frames, alloc + inuse, (), (("bytes", size, "bytes"),) if size else ())
+            Sample(
+                record.frames,
+                alloc + inuse,
+                record.labels,
+                (("bytes", size, "bytes"),) if size else (),
+            )
         )
     retired = heap_recorder.retired()
     comments = (

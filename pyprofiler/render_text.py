@@ -113,12 +113,55 @@ def heap_text(records: Sequence[HeapRecord], rate: int, stats: Sequence[tuple[st
     return tabwrite(lines) + "\n"
 
 
-def count_text(name: str, total: int, groups: Sequence[tuple[int, tuple[Frame, ...]]]) -> str:
-    """Go's count-profile layout (goroutine, threadcreate, custom profiles at debug=1)."""
+def go_quoted(text: str) -> str:
+    """`text` as Go's %q verb prints it (strconv.Quote)."""
+    out = ['"']
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+
+
+def labels_text(labels: Sequence[tuple[str, str]]) -> str:
+    """Go's labelMap.String: {"k1":"v1", "k2":"v2"}, sorted."""
+    return "{" + ", ".join(sorted(f"{go_quoted(k)}:{go_quoted(v)}" for k, v in labels)) + "}"
+
+
+def count_text(
+    name: str,
+    total: int,
+    groups: Sequence[tuple[int, tuple[Frame, ...], tuple[tuple[str, str], ...]]],
+) -> str:
+    """Go's count-profile layout (goroutine, threadcreate, custom profiles at debug=1): a group
+    per (stack, labels), its labels on a `# labels:` line where it has any."""
     lines = [f"{name} profile: total {total}"]
-    for count, frames in sorted(groups, key=lambda group: -group[0]):
+    for count, frames, labels in sorted(groups, key=lambda group: -group[0]):
         addresses, frame_text = frame_lines(frames)
         lines.append(" ".join([f"{count} @", *addresses]))
+        if labels:
+            lines.append("# labels: " + labels_text(labels))
         lines.extend(frame_text)
         lines.append("")
     return tabwrite(lines) + "\n"

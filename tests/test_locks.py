@@ -740,7 +740,7 @@ def reports_mutex(delay: int, lock) -> None:
 def entries_of(table, function: str) -> list[list[float]]:
     return [
         [count, delay]
-        for raw, _, count, delay in table.items()
+        for raw, _, count, delay, _ in table.items()
         if raw and raw[0][0].co_name == function  # (code, line), leaf first
     ]
 

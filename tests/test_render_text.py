@@ -39,7 +39,7 @@ def test_tabwrite_aligns_cells_to_tab_stops_per_block():
 
 
 def test_count_text_lists_stacks_most_counted_first_with_return_addresses():
-    text = count_text("goroutine", 5, [(1, (OTHER,)), (4, (LEAF, ROOT))])
+    text = count_text("goroutine", 5, [(1, (OTHER,), ()), (4, (LEAF, ROOT), ())])
     lines = text.split("\n")
     assert lines[0] == "goroutine profile: total 5"
     assert lines[1] == f"4 @ {address(LEAF) + 1:#x} {address(ROOT) + 1:#x}"

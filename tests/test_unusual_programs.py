@@ -229,7 +229,7 @@ def test_encoder_escapes_every_string(tmp_path):
 
 def test_text_forms_escape_and_keep_their_columns():
     frames = (Frame("f\ud800", "/a\udce9.py", 1, 0), Frame("main", "/a.py", 1, 9))
-    text = render_text.count_text("x", 1, [(1, frames)])
+    text = render_text.count_text("x", 1, [(1, frames, ())])
     data = render_text.encode_text(text)
     lines = data.decode("utf-8").splitlines()
     assert lines[2].endswith("\tf\\ud800\t/a\\udce9.py:0")

@@ -5,13 +5,14 @@ Stacks are tuples of (code, line) pairs, leaf first.
 """
 
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Sequence
+from contextvars import Context, ContextVar
 from types import CodeType, FrameType
 from typing import Any, Final, Literal
 
 _RawStack = tuple[tuple[CodeType, int], ...]
 # (stack or None for the samples of a thread that no longer fit, ident, tid, alive, own,
-# value_ns, count)
-_Record = tuple[_RawStack | None, int, int, bool, bool, int, int]
+# value_ns, count, the address of the label set in force or 0)
+_Record = tuple[_RawStack | None, int, int, bool, bool, int, int, int]
 # (ident, tid, alive, own, cpu_ns) of a thread never seen on a CPU
 _Unseen = tuple[int, int, bool, bool, int]
 
@@ -37,9 +38,10 @@ def set_rate(rate: int, /) -> int:
     previous rate."""
 
 def get_rate() -> int: ...
-def buckets() -> list[tuple[_RawStack | None | Literal["retired"], int, int, int, int]]:
-    """Sampled allocations as (frames, allocs, frees, alloc_bytes, free_bytes): frames None for
-    the overflow bucket, "retired" for the summed counts of retired buckets."""
+def buckets() -> list[tuple[_RawStack | None | Literal["retired"], int, int, int, int, int]]:
+    """Sampled allocations as (frames, allocs, frees, alloc_bytes, free_bytes, labels): frames
+    None for the overflow bucket, "retired" for the summed counts of retired buckets; labels the
+    address of the label set in force where they were sampled, or 0."""
 
 def stats() -> dict[str, int | str]:
     """The heap sampler's own counters."""
@@ -63,6 +65,15 @@ def suspended_line(
 def stack_reads_available() -> bool:
     """Whether this process can copy its own stacks without the GIL (process_vm_readv)."""
 
+def learn_contexts(empty: Context, full: Context, var: ContextVar[Any], value: object, /) -> bool:
+    """Read `var` in each sampled thread's current context from now on (the labels in force):
+    learnt from `empty` (a new Context) and `full` (where `var` is `value` among many other
+    variables). False, and nothing read, if the layout is not the one expected."""
+
+def thread_labels() -> dict[int, int]:
+    """{ident: address of the learnt variable's value in its current context, or 0} of every
+    thread of the interpreter."""
+
 def line_of(code: CodeType, offset: int, /) -> int:
     """The line at a bytecode offset, as the sampler reads the line table."""
 
@@ -81,9 +92,9 @@ def set_lock_profiling(
 
 def lock_contentions(
     name: Literal["block", "mutex"], /
-) -> list[tuple[_RawStack, str, float, float]]:
-    """(stack, label, count, delay_ns) of a table; the overflow entry has no frames and the
-    label ""."""
+) -> list[tuple[_RawStack, str, float, float, int]]:
+    """(stack, label, count, delay_ns, labels) of a table; the overflow entry has no frames and
+    the label "". labels: the address of the label set in force at the event, or 0."""
 
 def clear_lock_contentions() -> None: ...
 def after_fork_in_child() -> None:

@@ -5,6 +5,10 @@ wrapped to record the creating stack, the creating thread or task, and the time.
 tasks also get small goroutine-style ids here, so that "created by ... in goroutine N" can name
 the creator. Records live on (or are weakly keyed by) the thread or task, so they go away with it.
 
+A new thread also starts with the labels in force where it was started (labelsets), as a
+goroutine inherits its creator's, and so does a call submitted to a ThreadPoolExecutor (and so
+`loop.run_in_executor`) while it runs; tasks and `asyncio.to_thread` get them from contextvars.
+
 pyprofiler's own threads are the threads named `pyprofiler-...`: each registers itself here as
 it starts running and unregisters before it ends, so that the profiles that list threads can
 leave them out (the native sampler reads the same set, published to it, without the GIL).
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import concurrent.futures
+import concurrent.futures.thread
 import functools
 import itertools
 import os
@@ -24,7 +30,8 @@ import types
 import weakref
 from typing import NamedTuple
 
-from pyprofiler.samplers import stacks
+from pyprofiler.samplers import labelsets, stacks
+from pyprofiler.samplers.frames import HIDDEN_CODE
 from pyprofiler.samplers.limits import LOCK_MAX_DEPTH
 from pyprofiler.samplers.native import native
 from pyprofiler.samplers.own_locks import OwnLock
@@ -217,6 +224,8 @@ def task_creation(task: asyncio.Task) -> CreationInfo | None:
 _original_thread_start = threading.Thread.start
 _original_start_new_thread = _thread.start_new_thread
 _original_create_task = asyncio.BaseEventLoop.create_task
+_original_submit = concurrent.futures.ThreadPoolExecutor.submit
+_executor_worker = getattr(concurrent.futures.thread, "_worker", None)
 
 
 @functools.wraps(_original_thread_start)
@@ -225,6 +234,13 @@ def _thread_start(self: threading.Thread) -> None:
     previous = getattr(self, "_pyprofiler_creation", None)
     self._pyprofiler_creation = info  # type: ignore[attr-defined]
     goroutine_id(self)
+    label_set = labelsets.in_force()
+    # An executor's worker serves every later caller: each call brings its own (_submit).
+    if label_set is not labelsets.EMPTY and getattr(self, "_target", None) is not _executor_worker:
+        # Only a labelled thread runs inside a frame of ours, hidden from its stacks.
+        self._bootstrap_inner = functools.partial(  # type: ignore[attr-defined]
+            _bootstrap_with_labels, label_set, self._bootstrap_inner
+        )
     own = is_own_thread_name(self.name) and "run" not in self.__dict__
     if own:
         _run_as_own_thread(self)
@@ -238,11 +254,19 @@ def _thread_start(self: threading.Thread) -> None:
     _count_threadcreate(info.stack, own)  # Only a start that worked created a thread.
 
 
+def _bootstrap_with_labels(label_set: labelsets.LabelSet, bootstrap_inner) -> None:  # noqa: ANN001
+    labelsets.current.set(label_set)
+    bootstrap_inner()
+
+
 @functools.wraps(_original_start_new_thread)
 def _start_new_thread(function, args, kwargs=None):  # noqa: ANN001 - _thread's own signature
     info = _created_here(1)
+    label_set = labelsets.in_force()
 
     def run(*run_args, **run_kwargs):
+        if label_set is not labelsets.EMPTY:
+            labelsets.current.set(label_set)
         ident = _thread.get_ident()
         _low_level_creation[ident] = info
         _native_ids[ident] = threading.get_native_id()
@@ -265,6 +289,27 @@ def _create_task(self: asyncio.AbstractEventLoop, coro, *args, **kwargs) -> asyn
     return task
 
 
+def _call_with_labels(label_set: labelsets.LabelSet, function, /, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    token = labelsets.current.set(label_set)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        labelsets.current.reset(token)  # The worker thread goes on to other calls.
+
+
+@functools.wraps(_original_submit)
+def _submit(self: concurrent.futures.ThreadPoolExecutor, fn, /, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    label_set = labelsets.in_force()
+    if label_set is labelsets.EMPTY:
+        return _original_submit(self, fn, *args, **kwargs)
+    return _original_submit(self, _call_with_labels, label_set, fn, *args, **kwargs)
+
+
+HIDDEN_CODE.update(
+    (_bootstrap_with_labels.__code__, _call_with_labels.__code__, _submit.__code__)
+)
+
+
 def after_fork_in_child() -> None:
     _native_ids.clear()
     _native_ids[threading.get_ident()] = threading.get_native_id()
@@ -281,6 +326,7 @@ def install() -> None:
     """Wrap thread and task creation; idempotent."""
     if threading.Thread.start is not _thread_start:
         threading.Thread.start = _thread_start  # type: ignore[method-assign]
+        concurrent.futures.ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign]
         _thread.start_new_thread = _start_new_thread
         asyncio.BaseEventLoop.create_task = _create_task  # type: ignore[method-assign]
         goroutine_id(threading.main_thread())

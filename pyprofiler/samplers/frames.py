@@ -76,11 +76,18 @@ class FrameNamer:
         frames = self._frames
         named = []
         for code, line in raw:
+            if code in HIDDEN_CODE:
+                continue
             frame = frames.get((id(code), line))
             if frame is None:
                 frame = frames[(id(code), line)] = self.frame(code, line)
             named.append(frame)
         return tuple(named)
+
+
+# pyprofiler's own functions that run the program's code inside them (creation.py): left out of
+# every stack, so that the program's frames read as if called directly.
+HIDDEN_CODE: set = set()
 
 
 def modules_by_filename() -> dict[str, str]:

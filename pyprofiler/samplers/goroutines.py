@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from pyprofiler.samplers import creation, stacks
+from pyprofiler.samplers import creation, labelsets, stacks
 from pyprofiler.samplers.creation import CreationInfo
 from pyprofiler.samplers.limits import MAX_STACK_DEPTH
 from pyprofiler.samplers.native import native
@@ -54,6 +54,7 @@ class Goroutine(NamedTuple):
     age_seconds: float | None
     stack: RawStack  # leaf first
     creation: CreationInfo | None
+    labels: tuple[tuple[str, str], ...] = ()  # pyprofiler.labels in force in it
 
 
 def _task_registries() -> list:
@@ -193,7 +194,9 @@ def _thread_age(tid: int | None, info: CreationInfo | None) -> float | None:
     return uptime - start_ticks / _CLOCK_TICKS
 
 
-def _thread_goroutine(ident: int, top: types.FrameType, by_ident: dict) -> Goroutine:
+def _thread_goroutine(
+    ident: int, top: types.FrameType, by_ident: dict, labels: tuple[tuple[str, str], ...]
+) -> Goroutine:
     thread = by_ident.get(ident)
     tid = creation.native_id(ident, thread)
     if thread is not None:
@@ -208,6 +211,7 @@ def _thread_goroutine(ident: int, top: types.FrameType, by_ident: dict) -> Gorou
         age_seconds=_thread_age(tid, info),
         stack=stacks.walk(top),
         creation=info,
+        labels=labels,
     )
 
 
@@ -216,8 +220,9 @@ def threads(include_self: bool = False) -> list[Goroutine]:
     frames = sys._current_frames()
     try:
         by_ident = dict(threading._active)  # type: ignore[attr-defined]
+        labels = labelsets.of_threads()
         result = [
-            _thread_goroutine(ident, top, by_ident)
+            _thread_goroutine(ident, top, by_ident, labels.get(ident, ()))
             for ident, top in frames.items()
             if include_self or not creation.is_own_thread(ident, by_ident.get(ident))
         ]
@@ -250,6 +255,7 @@ def tasks() -> Iterator[Goroutine]:
             age_seconds=(now - info.created_ns) / 1e9 if info else None,
             stack=stack,
             creation=info,
+            labels=labelsets.of_task(task),
         )
 
 

@@ -17,6 +17,7 @@ class HeapRecord(NamedTuple):
     frees: int
     alloc_bytes: int
     free_bytes: int
+    labels: tuple[tuple[str, str], ...] = ()  # The labels in force where it was sampled.
 
 
 class HeapBackend(Protocol):

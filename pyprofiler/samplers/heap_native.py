@@ -3,6 +3,7 @@ allocation per `rate` bytes on average and see it freed."""
 
 from __future__ import annotations
 
+from pyprofiler.samplers import labelsets
 from pyprofiler.samplers.frames import FrameNamer
 from pyprofiler.samplers.heap import HeapRecord
 from pyprofiler.samplers.native import native
@@ -34,7 +35,7 @@ class NativeHeap:
     def records(self) -> list[HeapRecord]:
         namer = FrameNamer()
         result = []
-        for frames, allocs, frees, alloc_bytes, free_bytes in native.buckets():
+        for frames, allocs, frees, alloc_bytes, free_bytes, label_set in native.buckets():
             if frames is None:
                 named: tuple[Frame, ...] = (OVERFLOW,)
             elif frames == "retired":
@@ -43,7 +44,8 @@ class NativeHeap:
                 named = (NO_PYTHON,)
             else:
                 named = namer.stack(frames)
-            result.append(HeapRecord(named, allocs, frees, alloc_bytes, free_bytes))
+            labels = labelsets.resolve(label_set)
+            result.append(HeapRecord(named, allocs, frees, alloc_bytes, free_bytes, labels))
         return result
 
     def record_count(self) -> int:

@@ -29,14 +29,14 @@ import time
 import types
 from typing import Any, Callable
 
-from pyprofiler.samplers import stacks
+from pyprofiler.samplers import labelsets, stacks
 from pyprofiler.samplers.limits import LOCK_MAX_DEPTH, LOCK_MAX_ENTRIES
 from pyprofiler.samplers.native import native
 from pyprofiler.samplers.own_locks import OwnLock
 from pyprofiler.samplers.stacks import RawStack
 
 # An entry's key when the table is full: its raw stack () stands for "table full".
-_TABLE_FULL_KEY = ((), None)
+_TABLE_FULL_KEY = ((), None, labelsets.EMPTY)
 # Frames of the synchronization machinery itself: the `lock` label names the primitive by the
 # outermost of them, and the variable that holds it is looked up in the first frame outside.
 _SYNC_FILES = (threading.__file__, queue.__file__, os.path.dirname(asyncio.__file__))
@@ -50,14 +50,16 @@ _local = threading.local()
 _block_rate = 0
 _mutex_fraction = 0
 
-# One recorded entry: (raw stack, `lock` label, count, delay in ns); the stack () stands for
-# the events that no longer fitted in the table.
-Recorded = tuple[RawStack, str, float, float]
+# One recorded entry: (raw stack, `lock` label, count, delay in ns, the labels in force: the
+# waiter's for block, the releaser's for mutex); the stack () stands for the events that no
+# longer fitted in the table.
+Recorded = tuple[RawStack, str, float, float, tuple[tuple[str, str], ...]]
 
 
 class _Table:
     """What the Python-level instrumentation (Thread.join, asyncio) records: (raw stack, type of
-    the primitive) -> [label, count, delay_ns], with Go's unsampling already applied. The native
+    the primitive, label set in force) -> [label, count, delay_ns], with Go's unsampling
+    already applied. The native
     locks record into tables of the same shape kept in C; a profile reads both.
 
     The label is computed when an entry is made, from the first event with that stack and
@@ -65,9 +67,9 @@ class _Table:
     repeat on every event."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[RawStack, type | None], list] = {}
+        self.entries: dict[tuple[RawStack, type | None, labelsets.LabelSet], list] = {}
 
-    def new_entry(self, key: tuple[RawStack, type], label: str) -> list:
+    def new_entry(self, key: tuple[RawStack, type, labelsets.LabelSet], label: str) -> list:
         """The entry for `key`, made with `label` unless another thread made it meanwhile."""
         with _table_lock:
             if key not in self.entries and len(self.entries) >= LOCK_MAX_ENTRIES:
@@ -81,7 +83,10 @@ class _Table:
 
     def items(self) -> list[Recorded]:
         with _table_lock:
-            return [(raw, *value) for (raw, _), value in self.entries.items()]
+            return [
+                (raw, *value, label_set.pprof_labels())
+                for (raw, _, label_set), value in self.entries.items()
+            ]
 
 
 _block = _Table()
@@ -135,7 +140,7 @@ def _record(table: _Table, count: float, delay: float, lock: object, skip: int) 
     _local.recording = True
     try:
         raw = stacks.current_stack(skip + 1, LOCK_MAX_DEPTH)
-        key = (raw, type(lock))
+        key = (raw, type(lock), labelsets.in_force())
         entry = table.entries.get(key)
         if entry is None:  # Labelled outside the table's lock: it reads the program's objects.
             entry = table.new_entry(key, _lock_label(sys._getframe(skip + 1), lock))
@@ -326,5 +331,8 @@ def recorded(profile: str) -> list[Recorded]:
     """What the `block` or `mutex` table holds, the Python wrappers' and the native locks'."""
     entries = (_block if profile == "block" else _mutex).items()
     if native is not None:
-        entries += native.lock_contentions(profile)
+        entries += [
+            (raw, label, count, delay, labelsets.resolve(label_set))
+            for raw, label, count, delay, label_set in native.lock_contentions(profile)
+        ]
     return entries

@@ -7,7 +7,7 @@ import atexit
 import logging
 import threading
 
-from pyprofiler.samplers import creation
+from pyprofiler.samplers import creation, labelsets
 from pyprofiler.samplers.frames import FrameNamer
 from pyprofiler.samplers.native import native
 from pyprofiler.snapshot import Sample, placeholder, table_full
@@ -85,9 +85,9 @@ def _samples(records: list, unseen: list) -> list[Sample]:
 
     namer = FrameNamer()
     samples = []
-    for stack, ident, tid, alive, own, value, count in records:
+    for stack, ident, tid, alive, own, value, count, label_set in records:
         frames = namer.stack(stack) if stack is not None else (STACK_TABLE_FULL,)
-        labels = (("thread", thread_name(ident, tid, alive, own)),)
+        labels = (("thread", thread_name(ident, tid, alive, own)),) + labelsets.resolve(label_set)
         samples.append(Sample(frames, (count, value), labels))
     for ident, tid, alive, own, cpu_ns in unseen:
         labels = (("thread", thread_name(ident, tid, alive, own)),)

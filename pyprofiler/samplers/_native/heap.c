@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "compat.h"
+#include "contextread.h"
 #include "frames.h"
 #include "limits.h"
 #include "random.h"
@@ -46,6 +47,7 @@ PyAPI_FUNC(const char *) _PyMem_GetCurrentAllocatorName(void);
 typedef struct {
     uint64_t hash;
     size_t size;          /* the size class of its blocks (size_class) */
+    uintptr_t labels;     /* the label set in force (contextread.h), or 0 */
     uint64_t last_sample; /* samples_taken when a block was last sampled into it */
     uint64_t allocs;
     uint64_t frees;
@@ -140,7 +142,7 @@ size_class(size_t size)
 }
 
 static bucket_t *
-new_bucket(uint64_t hash, size_t size, const ppf_frame_t *frames, int depth)
+new_bucket(uint64_t hash, size_t size, uintptr_t labels, const ppf_frame_t *frames, int depth)
 {
     size_t bytes = sizeof(bucket_t) + (size_t)depth * sizeof(ppf_frame_t);
     bucket_t *b = own_calloc(1, bytes);
@@ -149,6 +151,7 @@ new_bucket(uint64_t hash, size_t size, const ppf_frame_t *frames, int depth)
     }
     b->hash = hash;
     b->size = size;
+    b->labels = labels;
     b->depth = depth;
     for (int i = 0; i < depth; i++) {
         b->frames[i] = frames[i];
@@ -176,7 +179,7 @@ ensure_tables(void)
     tracked_slots = MIN_TRACKED_SLOTS;
     pthread_mutex_unlock(&tracked_mutex);
     /* Bucket 0 collects what no longer fits: reported as its own frame, never hidden. */
-    buckets[0] = new_bucket(0, 0, NULL, 0);
+    buckets[0] = new_bucket(0, 0, 0, NULL, 0);
     if (buckets[0] == NULL) {
         return -1;
     }
@@ -325,24 +328,24 @@ retire_idle_buckets(void)
     return retired;
 }
 
-/* The bucket for (stack, size class); the overflow bucket when the table is full and nothing
- * in it can be retired. */
+/* The bucket for (stack, size class, label set); the overflow bucket when the table is full
+ * and nothing in it can be retired. */
 static uint32_t
-find_bucket(const ppf_frame_t *frames, int depth, size_t size)
+find_bucket(const ppf_frame_t *frames, int depth, size_t size, uintptr_t labels)
 {
     size_t key = size_class(size);
-    uint64_t hash = ppf_hash_stack(frames, depth, key);
+    uint64_t hash = ppf_hash_stack(frames, depth, key) ^ ((uint64_t)labels * 0x9E3779B97F4A7C15ULL);
     size_t mask = BUCKET_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = bucket_slots[i];
         if (index == 0) {
             if (n_free_indices == 0 && n_buckets >= PPF_HEAP_MAX_BUCKETS &&
                 samples_taken - retire_tried_at >= RETIRE_EVERY && retire_idle_buckets() > 0) {
-                return find_bucket(frames, depth, size); /* The probe run may have moved. */
+                return find_bucket(frames, depth, size, labels); /* The probe run may have moved. */
             }
             int reuse = n_free_indices > 0;
             uint32_t at = reuse ? free_indices[n_free_indices - 1] : n_buckets;
-            bucket_t *b = at < PPF_HEAP_MAX_BUCKETS ? new_bucket(hash, key, frames, depth) : NULL;
+            bucket_t *b = at < PPF_HEAP_MAX_BUCKETS ? new_bucket(hash, key, labels, frames, depth) : NULL;
             if (b == NULL) {
                 dropped_stacks++;
                 return 0;
@@ -354,7 +357,7 @@ find_bucket(const ppf_frame_t *frames, int depth, size_t size)
             return at;
         }
         bucket_t *b = buckets[index - 1];
-        if (b->hash == hash && b->size == key &&
+        if (b->hash == hash && b->size == key && b->labels == labels &&
             ppf_same_frames(b->frames, frames, depth, b->depth)) {
             return index - 1;
         }
@@ -485,7 +488,7 @@ sample(void *ptr, size_t size)
     int truncated = 0;
     int depth = ppf_capture_stack(frames, PPF_HEAP_MAX_DEPTH, &truncated);
     truncated_stacks += truncated;
-    uint32_t bucket = find_bucket(frames, depth, size);
+    uint32_t bucket = find_bucket(frames, depth, size, ppf_context_value_here());
     bucket_t *b = buckets[bucket];
     b->last_sample = samples_taken;
     b->allocs++;
@@ -761,9 +764,10 @@ ppf_heap_get_rate(PyObject *module, PyObject *unused)
     return PyLong_FromSsize_t(rate);
 }
 
-/* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes); frames is a tuple
- * of (code, line), leaf first; the overflow bucket is the one with frames None, and the counts
- * of retired buckets, summed, the one with frames "retired". */
+/* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes, labels); frames is
+ * a tuple of (code, line), leaf first, and labels the address of the label set in force (0:
+ * none). The overflow bucket is the one with frames None, and the counts of retired buckets,
+ * summed, the one with frames "retired". */
 PyObject *
 ppf_heap_buckets(PyObject *module, PyObject *unused)
 {
@@ -806,9 +810,9 @@ ppf_heap_buckets(PyObject *module, PyObject *unused)
         PyObject *item =
             frames == NULL
                 ? NULL
-                : Py_BuildValue("(NKKKK)", frames, (unsigned long long)counts[i][0],
+                : Py_BuildValue("(NKKKKK)", frames, (unsigned long long)counts[i][0],
                                 (unsigned long long)counts[i][1], (unsigned long long)counts[i][2],
-                                (unsigned long long)counts[i][3]);
+                                (unsigned long long)counts[i][3], (unsigned long long)b->labels);
         if (item == NULL || PyList_Append(result, item) < 0) {
             Py_XDECREF(item);
             Py_CLEAR(result);
@@ -820,10 +824,10 @@ ppf_heap_buckets(PyObject *module, PyObject *unused)
     PyMem_RawFree(copy);
     PyMem_RawFree(counts);
     if (result != NULL && retired[0] > 0) {
-        PyObject *item = Py_BuildValue("(sKKKK)", "retired", (unsigned long long)retired[0],
+        PyObject *item = Py_BuildValue("(sKKKKi)", "retired", (unsigned long long)retired[0],
                                        (unsigned long long)retired[1],
                                        (unsigned long long)retired[2],
-                                       (unsigned long long)retired[3]);
+                                       (unsigned long long)retired[3], 0);
         if (item == NULL || PyList_Append(result, item) < 0) {
             Py_CLEAR(result);
         }

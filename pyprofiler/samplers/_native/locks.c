@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "compat.h"
+#include "contextread.h"
 #include "frames.h"
 #include "limits.h"
 #include "random.h"
@@ -48,6 +49,7 @@ typedef struct {
     uint64_t hash;
     PyObject *kind;  /* the lock's type: labels name it */
     PyObject *label; /* str; "" in the overflow entry */
+    uintptr_t labels; /* the label set in force (contextread.h), or 0 */
     double count;    /* Go's unsampling makes both fractional until read */
     double delay_ns;
     int depth;
@@ -75,7 +77,8 @@ free_entry(entry_t *entry)
 }
 
 static entry_t *
-new_entry(uint64_t hash, PyObject *kind, PyObject *label, const ppf_frame_t *frames, int depth)
+new_entry(uint64_t hash, PyObject *kind, PyObject *label, uintptr_t labels,
+          const ppf_frame_t *frames, int depth)
 {
     entry_t *entry = PyMem_RawCalloc(1, sizeof(entry_t) + (size_t)depth * sizeof(ppf_frame_t));
     if (entry == NULL) {
@@ -84,6 +87,7 @@ new_entry(uint64_t hash, PyObject *kind, PyObject *label, const ppf_frame_t *fra
     entry->hash = hash;
     entry->kind = Py_XNewRef(kind);
     entry->label = Py_XNewRef(label);
+    entry->labels = labels;
     entry->depth = depth;
     for (int i = 0; i < depth; i++) {
         entry->frames[i] = frames[i];
@@ -101,7 +105,7 @@ ensure_table(table_t *t)
     entry_t **entries = PyMem_RawCalloc(PPF_LOCK_MAX_ENTRIES + 1, sizeof(entry_t *));
     uint32_t *slots = PyMem_RawCalloc(CONTENTION_SLOTS, sizeof(uint32_t));
     PyObject *empty = PyUnicode_New(0, 0);
-    entry_t *overflow = empty == NULL ? NULL : new_entry(0, NULL, empty, NULL, 0);
+    entry_t *overflow = empty == NULL ? NULL : new_entry(0, NULL, empty, 0, NULL, 0);
     Py_XDECREF(empty);
     if (entries == NULL || slots == NULL || overflow == NULL) {
         PyMem_RawFree(entries);
@@ -114,12 +118,12 @@ ensure_table(table_t *t)
     return 0;
 }
 
-/* The entry for (stack, kind), or the overflow entry when the table is full; when there is
- * neither, one made with `label`, or NULL if `label` is NULL (the caller has one computed: a
- * full table then never costs a label per event). */
+/* The entry for (stack, kind, label set), or the overflow entry when the table is full; when
+ * there is neither, one made with `label`, or NULL if `label` is NULL (the caller has one
+ * computed: a full table then never costs a label per event). */
 static entry_t *
-find_entry(table_t *t, uint64_t hash, PyObject *kind, const ppf_frame_t *frames, int depth,
-           PyObject *label)
+find_entry(table_t *t, uint64_t hash, PyObject *kind, uintptr_t labels, const ppf_frame_t *frames,
+           int depth, PyObject *label)
 {
     if (ensure_table(t) < 0) {
         return NULL;
@@ -133,7 +137,7 @@ find_entry(table_t *t, uint64_t hash, PyObject *kind, const ppf_frame_t *frames,
             if (label == NULL) {
                 return NULL;
             }
-            entry_t *entry = new_entry(hash, kind, label, frames, depth);
+            entry_t *entry = new_entry(hash, kind, label, labels, frames, depth);
             if (entry == NULL) {
                 return t->entries[0];
             }
@@ -142,7 +146,7 @@ find_entry(table_t *t, uint64_t hash, PyObject *kind, const ppf_frame_t *frames,
             return entry;
         }
         entry_t *entry = t->entries[index - 1];
-        if (entry->hash == hash && entry->kind == kind &&
+        if (entry->hash == hash && entry->kind == kind && entry->labels == labels &&
             ppf_same_frames(entry->frames, frames, depth, entry->depth)) {
             return entry;
         }
@@ -180,8 +184,10 @@ record(table_t *t, PyObject *lock, double count, double delay_ns)
     int truncated = 0;
     int depth = ppf_capture_stack(frames, PPF_LOCK_MAX_DEPTH, &truncated);
     PyObject *kind = (PyObject *)Py_TYPE(lock);
-    uint64_t hash = ppf_hash_stack(frames, depth, (size_t)(uintptr_t)kind);
-    entry_t *entry = find_entry(t, hash, kind, frames, depth, NULL);
+    uintptr_t labels = ppf_context_value_here();
+    uint64_t hash = ppf_hash_stack(frames, depth, (size_t)(uintptr_t)kind) ^
+                    ((uint64_t)labels * 0x9E3779B97F4A7C15ULL);
+    entry_t *entry = find_entry(t, hash, kind, labels, frames, depth, NULL);
     if (entry == NULL) {
         /* Other threads may record meanwhile: find_entry looks again before adding. The
          * frames stay valid, as this thread is still running in them. */
@@ -189,7 +195,7 @@ record(table_t *t, PyObject *lock, double count, double delay_ns)
         if (label == NULL) {
             return;
         }
-        entry = find_entry(t, hash, kind, frames, depth, label);
+        entry = find_entry(t, hash, kind, labels, frames, depth, label);
         Py_DECREF(label);
         if (entry == NULL) {
             return;
@@ -703,8 +709,8 @@ table_named(PyObject *name)
     return NULL;
 }
 
-/* lock_contentions(name): [(((code, line), ...), label, count, delay_ns)] of the "block" or
- * "mutex" table; the overflow entry, if it was used, has no frames and the label "". */
+/* lock_contentions(name): [(((code, line), ...), label, count, delay_ns, labels)] of the
+ * "block" or "mutex" table, labels the address of the label set in force (0: none); the overflow entry, if it was used, has no frames and the label "". */
 PyObject *
 ppf_lock_contentions(PyObject *module, PyObject *name)
 {
@@ -723,8 +729,9 @@ ppf_lock_contentions(PyObject *module, PyObject *name)
         }
         PyObject *stack = ppf_stack_tuple(entry->frames, entry->depth);
         PyObject *item = stack == NULL ? NULL
-                                       : Py_BuildValue("(NOdd)", stack, entry->label,
-                                                       entry->count, entry->delay_ns);
+                                       : Py_BuildValue("(NOddK)", stack, entry->label,
+                                                       entry->count, entry->delay_ns,
+                                                       (unsigned long long)entry->labels);
         if (item == NULL || PyList_Append(list, item) < 0) {
             Py_CLEAR(list);
         }

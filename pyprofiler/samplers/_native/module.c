@@ -3,13 +3,15 @@
  * Each part owns its state and exports its Python-visible functions through its header; this
  * file only lists them, adds the types and the shared limits, and holds the one fork entry.
  * Nothing includes this file or calls into it, so that the parts' headers form a DAG:
- *   compat.h limits.h random.h   (no dependencies of ours)
- *   frames.h stackread.h         (the current thread's stack; any thread's, without the GIL)
- *   heap.h locks.h sampler.h     (the recorders, over the above)
+ *   compat.h limits.h random.h gil.h (no dependencies of ours)
+ *   frames.h stackread.h             (the current thread's stack; any thread's, without the GIL)
+ *   contextread.h                    (any thread's context variable, over stackread.h)
+ *   heap.h locks.h sampler.h         (the recorders, over the above)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "contextread.h"
 #include "frames.h"
 #include "heap.h"
 #include "limits.h"
@@ -48,6 +50,10 @@ static PyMethodDef methods[] = {
      "creating its frame object."},
     {"stack_reads_available", ppf_stack_reads_available, METH_NOARGS,
      "Whether the sampler can copy this process's stacks without the GIL (process_vm_readv)."},
+    {"learn_contexts", ppf_learn_contexts, METH_VARARGS,
+     "learn_contexts(empty, full, var, value): read `var` in threads' contexts from now on."},
+    {"thread_labels", ppf_thread_labels, METH_NOARGS,
+     "{ident: address of the learnt variable's value} of every thread (0: none)."},
     {"line_of", ppf_line_of, METH_VARARGS,
      "line_of(code, offset): the line at a bytecode offset, as the sampler reads it."},
     {"set_own_threads", ppf_set_own_threads, METH_O,

@@ -47,7 +47,9 @@
 #include <unistd.h>
 
 #include "compat.h"
+#include "contextread.h"
 #include "frames.h"
+#include "gil.h"
 #include "limits.h"
 #include "random.h"
 #include "stackread.h"
@@ -86,6 +88,7 @@ typedef struct entry {
     int64_t value;
     int64_t count;
     int32_t label;
+    uintptr_t labels; /* the label set in force (contextread.h), or 0 */
     int depth;        /* OVERFLOW_DEPTH: the thread's samples that no longer fit */
     ppf_frame_t frames[]; /* leaf first; code objects pinned until stop() */
 } entry_t;
@@ -108,6 +111,7 @@ typedef struct {
 
 typedef struct {
     int32_t label;
+    uintptr_t labels;
     int64_t value;
     int depth;
     ppf_raw_frame_t frames[PPF_MAX_STACK_DEPTH];
@@ -142,6 +146,9 @@ typedef struct {
     int64_t own_cpu_ns;
     int64_t cpu_at_sleep_ns; /* its own clock as it last went to sleep */
     int64_t put_on_cpu_ns;   /* sampler_put_on_cpu() this tick; 0: not read yet */
+    int preempted_found;     /* this tick: the thread that waking took the CPU from is known, */
+    unsigned long preempted_tid;     /* this one; */
+    unsigned long not_preempted_tid; /* and this one is known not to be it */
     uint64_t random;
     const char *error;
     thread_list_t seen, seeing; /* threads at the previous reading, and at this one */
@@ -258,7 +265,7 @@ sampler_put_on_cpu(SamplerObject *self)
  * (in the runqueue's clock) at which the sampler was put on the CPU; where the kernel does not
  * say when, any thread waiting there counts. */
 static int
-preempted_by_sampler(SamplerObject *self, unsigned long tid)
+read_preempted_by_sampler(SamplerObject *self, unsigned long tid)
 {
     char path[64], text[4096];
     snprintf(path, sizeof path, "/proc/self/task/%lu/stat", tid);
@@ -286,7 +293,57 @@ preempted_by_sampler(SamplerObject *self, unsigned long tid)
     }
     /* The estimate is early by the little CPU the sampler used after reading its clock. */
     int64_t late = stopped - self->put_on_cpu_ns;
-    return late >= -PUT_ON_CPU_SLACK_NS && late <= PUT_ON_CPU_SLACK_NS;
+    if (late >= -PUT_ON_CPU_SLACK_NS && late <= PUT_ON_CPU_SLACK_NS) {
+        self->preempted_found = 1;
+        self->preempted_tid = tid;
+        return 1;
+    }
+    return 0;
+}
+
+/* Waking up took the CPU from one thread at most: once that one is known, no other thread needs
+ * the /proc reads above, which are most of the sampler's cost when threads share its CPU. */
+static int
+preempted_by_sampler(SamplerObject *self, unsigned long tid)
+{
+    if (self->preempted_found) {
+        return tid == self->preempted_tid;
+    }
+    if (tid == self->not_preempted_tid) {
+        return 0;
+    }
+    return read_preempted_by_sampler(self, tid);
+}
+
+/* The thread that waking took the CPU from is most often the one running Python code, which
+ * holds the GIL: asked before the walk, it spares the others their reads. Only a thread that
+ * ran since the previous reading and is off its CPU now can have been preempted. */
+static void
+ask_gil_holder_first(SamplerObject *self)
+{
+    self->preempted_found = 0;
+    self->not_preempted_tid = 0;
+    uintptr_t holder = ppf_gil_holder(self->interp);
+    if (holder == 0 || holder == (uintptr_t)self->tstate) {
+        return;
+    }
+    for (size_t i = 0; i < self->seen.count; i++) {
+        const thread_t *thread = &self->seen.items[i];
+        if (thread->address != holder) {
+            continue;
+        }
+        if (thread->tid == 0 || thread->cpu_ns < 0 || thread->own) {
+            return;
+        }
+        int64_t now = thread_cpu_ns(thread->tid);
+        if (now <= thread->cpu_ns || thread_cpu_ns(thread->tid) > now) {
+            return;
+        }
+        if (!preempted_by_sampler(self, thread->tid)) {
+            self->not_preempted_tid = thread->tid;
+        }
+        return;
+    }
 }
 
 /* This thread's time slice, in ns (0: the default). Linux 6.12+ takes it from unprivileged
@@ -485,33 +542,39 @@ free_tables(SamplerObject *self)
     self->n_entries = self->n_labels = self->n_codes = self->n_pending = 0;
 }
 
-/* The entry for (stack, label), created if need be; the label's overflow entry once the table
- * is full; NULL only if even that cannot be allocated. */
+/* The entry for (stack, thread label, label set), created if need be; the thread's overflow
+ * entry once the table is full; NULL only if even that cannot be allocated. */
 static entry_t *
-find_entry(SamplerObject *self, const ppf_frame_t *frames, int depth, int32_t label)
+find_entry(SamplerObject *self, const ppf_frame_t *frames, int depth, int32_t label,
+           uintptr_t labels)
 {
     int stored = depth < 0 ? 0 : depth;
-    uint64_t hash = ppf_hash_stack(frames, stored, (size_t)label) ^ (uint64_t)(depth < 0);
+    if (depth < 0) {
+        labels = 0; /* The overflow entries are per thread only. */
+    }
+    uint64_t hash = ppf_hash_stack(frames, stored, (size_t)label) ^ (uint64_t)(depth < 0) ^
+                    ((uint64_t)labels * 0x9E3779B97F4A7C15ULL);
     size_t mask = ENTRY_SLOTS - 1;
     for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         uint32_t index = self->slots[i];
         if (index != 0) {
             entry_t *e = self->entries[index - 1];
-            if (e->hash == hash && e->label == label &&
+            if (e->hash == hash && e->label == label && e->labels == labels &&
                 ppf_same_frames(e->frames, frames, e->depth, depth)) {
                 return e;
             }
             continue;
         }
         if (depth >= 0 && self->n_entries >= MAX_ENTRIES) {
-            return find_entry(self, NULL, OVERFLOW_DEPTH, label);
+            return find_entry(self, NULL, OVERFLOW_DEPTH, label, 0);
         }
         entry_t *e = calloc(1, sizeof(entry_t) + (size_t)stored * sizeof(ppf_frame_t));
         if (e == NULL) {
-            return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label);
+            return depth < 0 ? NULL : find_entry(self, NULL, OVERFLOW_DEPTH, label, 0);
         }
         e->hash = hash;
         e->label = label;
+        e->labels = labels;
         e->depth = depth;
         memcpy(e->frames, frames, (size_t)stored * sizeof(ppf_frame_t));
         self->entries[self->n_entries++] = e;
@@ -614,9 +677,9 @@ resolve(SamplerObject *self, const ppf_raw_frame_t *raw, int depth)
 /* ---- samples ------------------------------------------------------------------------------ */
 
 static entry_t *
-count_sample(SamplerObject *self, int depth, int32_t label, int64_t value)
+count_sample(SamplerObject *self, int depth, int32_t label, uintptr_t labels, int64_t value)
 {
-    entry_t *e = find_entry(self, self->stack, depth, label);
+    entry_t *e = find_entry(self, self->stack, depth, label, labels);
     if (e != NULL) {
         e->count++;
         e->value += value;
@@ -627,10 +690,10 @@ count_sample(SamplerObject *self, int depth, int32_t label, int64_t value)
 
 /* The entry the sample went to, or NULL when it waits for a pin (or was lost). */
 static entry_t *
-add_sample(SamplerObject *self, int depth, int32_t label, int64_t value)
+add_sample(SamplerObject *self, int depth, int32_t label, uintptr_t labels, int64_t value)
 {
     if (resolve(self, self->raw, depth) == 0) {
-        return count_sample(self, depth, label, value);
+        return count_sample(self, depth, label, labels, value);
     }
     if (self->n_pending == MAX_PENDING) {
         self->unpinned++;
@@ -638,6 +701,7 @@ add_sample(SamplerObject *self, int depth, int32_t label, int64_t value)
     }
     pending_t *p = &self->pending[self->n_pending++];
     p->label = label;
+    p->labels = labels;
     p->value = value;
     p->depth = depth;
     memcpy(p->frames, self->raw, (size_t)depth * sizeof(ppf_raw_frame_t));
@@ -650,7 +714,7 @@ add_pending(SamplerObject *self)
     for (uint32_t i = 0; i < self->n_pending; i++) {
         pending_t *p = &self->pending[i];
         if (resolve(self, p->frames, p->depth) == 0) {
-            count_sample(self, p->depth, p->label, p->value);
+            count_sample(self, p->depth, p->label, p->labels, p->value);
         }
         else {
             self->unpinned++;
@@ -745,7 +809,7 @@ read_cpu(SamplerObject *self, thread_t *thread, ppf_thread_copy_t *copy, int rec
         int64_t later = thread_cpu_ns(thread->tid);
         after = later > after ? later : after;
         if (depth > 0) {
-            add_sample(self, depth, label, self->period_ns);
+            add_sample(self, depth, label, ppf_context_value(copy->context), self->period_ns);
         }
         self->dropped += depth < 0; /* Its CPU goes to its other observations. */
     }
@@ -776,7 +840,8 @@ read_wall(SamplerObject *self, thread_t *thread, ppf_thread_copy_t *copy, int64_
             int depth = stack_of(self, thread);
             entry_t *entry = NULL;
             if (depth > 0) {
-                entry = add_sample(self, depth, thread_label(self, thread, copy), elapsed);
+                entry = add_sample(self, depth, thread_label(self, thread, copy),
+                                   ppf_context_value(copy->context), elapsed);
             }
             self->dropped += depth < 0;
             thread->sampled = depth == 0 || entry != NULL; /* Not while waiting for a pin. */
@@ -986,6 +1051,9 @@ static void
 tick(SamplerObject *self)
 {
     self->put_on_cpu_ns = 0;
+    if (!self->wall) {
+        ask_gil_holder_first(self);
+    }
     read_threads(self, 1);
     if (self->n_candidates > 0 || self->need_tids) {
         if (ppf_finalizing()) { /* Taking the GIL now would end this thread on the spot. */
@@ -1196,9 +1264,10 @@ append(PyObject *list, PyObject *item)
     return list;
 }
 
-/* The window's samples: ([(stack, ident, tid, alive, own, value_ns, count)], [(ident, tid,
+/* The window's samples: ([(stack, ident, tid, alive, own, value_ns, count, labels)], [(ident, tid,
  * alive, own, cpu_ns)], stats). stack is ((code, line), ...) leaf first, or None for the samples
- * of a thread that no longer fit in the table; alive says whether the thread still ran at the
+ * of a thread that no longer fit in the table; labels is the address of the label set in force
+ * (0: none), which labelsets.resolve() names; alive says whether the thread still ran at the
  * last reading (its ident may since be another's); own, whether it is one of pyprofiler's. The
  * second list: CPU of threads never seen on a CPU. */
 static PyObject *
@@ -1219,10 +1288,11 @@ window_result(SamplerObject *self)
         PyObject *thread_alive = alive[e->label] ? Py_True : Py_False;
         PyObject *own = label->own ? Py_True : Py_False;
         records = append(records, stack == NULL ? NULL
-                                                : Py_BuildValue("(NkkOOLL)", stack, label->ident,
+                                                : Py_BuildValue("(NkkOOLLK)", stack, label->ident,
                                                                 label->tid, thread_alive, own,
                                                                 (long long)entry_value(self, e),
-                                                                (long long)e->count));
+                                                                (long long)e->count,
+                                                                (unsigned long long)e->labels));
     }
     for (uint32_t i = 0; !self->wall && unseen != NULL && i <= MAX_LABELS; i++) {
         const label_t *label = &self->labels[i];

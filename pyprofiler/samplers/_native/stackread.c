@@ -39,8 +39,8 @@ monotonic_ns(void)
 
 static pid_t self_pid;
 
-static int
-safe_read(uintptr_t address, void *out, size_t size)
+int
+ppf_safe_read(uintptr_t address, void *out, size_t size)
 {
     if (address < 4096) {
         return -1;
@@ -56,7 +56,7 @@ ppf_stackread_available(void)
     static const uint64_t probe = 0x5079707266696c65ULL;
     uint64_t copy = 0;
     self_pid = getpid(); /* Called as each sampler starts: a forked child reads its own memory. */
-    return safe_read((uintptr_t)&probe, &copy, sizeof copy) == 0 && copy == probe;
+    return ppf_safe_read((uintptr_t)&probe, &copy, sizeof copy) == 0 && copy == probe;
 }
 
 PyObject *
@@ -95,6 +95,7 @@ from_state(const PyThreadState *ts, PyInterpreterState *interp, ppf_thread_copy_
     out->next = (uintptr_t)ts->next;
     out->serial = ts->id;
     out->ident = ts->thread_id;
+    out->context = (uintptr_t)ts->context;
     out->region_start = out->region_end = 0;
 #if PY_VERSION_HEX < 0x030B0000
     out->tid = 0;
@@ -126,7 +127,7 @@ int
 ppf_copy_thread(uintptr_t address, PyInterpreterState *interp, ppf_thread_copy_t *out)
 {
     PyThreadState ts;
-    if (safe_read(address, &ts, sizeof ts) < 0) {
+    if (ppf_safe_read(address, &ts, sizeof ts) < 0) {
         return -1;
     }
     return from_state(&ts, interp, out);
@@ -165,7 +166,7 @@ ppf_thread_frame(ppf_thread_copy_t *thread)
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
     if (!thread->frame_known) {
         _PyCFrame cframe;
-        if (safe_read(thread->frame, &cframe, sizeof cframe) < 0) {
+        if (ppf_safe_read(thread->frame, &cframe, sizeof cframe) < 0) {
             return -1;
         }
         thread->frame = (uintptr_t)cframe.current_frame;
@@ -206,7 +207,7 @@ ppf_copy_code(uintptr_t address, ppf_code_info_t *out)
         PyCodeObject code;
         unsigned char bytes[CODE_HEADER];
     } copy;
-    if (safe_read(address, &copy, CODE_HEADER) < 0 || !live_object((PyObject *)&copy) ||
+    if (ppf_safe_read(address, &copy, CODE_HEADER) < 0 || !live_object((PyObject *)&copy) ||
         Py_TYPE((PyObject *)&copy) != &PyCode_Type) {
         return -1;
     }
@@ -230,7 +231,7 @@ ppf_copy_code(uintptr_t address, ppf_code_info_t *out)
 #  endif
 #else
     PyVarObject bytecode;
-    if (safe_read((uintptr_t)co->co_code, &bytecode, sizeof bytecode) < 0 ||
+    if (ppf_safe_read((uintptr_t)co->co_code, &bytecode, sizeof bytecode) < 0 ||
         bytecode.ob_base.ob_type != &PyBytes_Type) {
         return -1;
     }
@@ -349,7 +350,7 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
 {
     PyThreadState ts;
     int64_t began = monotonic_ns();
-    if (safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
+    if (ppf_safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
         return -1;
     }
     ppf_thread_copy_t bounds;
@@ -362,7 +363,7 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
     if (end > start && safe_read2(top, &address, sizeof address, start, region, end - start) < 0) {
         start = end = 0; /* The chunk went away: every frame is read on its own. */
     }
-    if (end == start && safe_read(top, &address, sizeof address) < 0) {
+    if (end == start && ppf_safe_read(top, &address, sizeof address) < 0) {
         return -1;
     }
     /* A few microseconds unless this thread lost its CPU meanwhile: then the state, the pointer
@@ -391,7 +392,7 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
             memcpy(&frame, region + (address - start), FRAME_HEADER);
         }
         else if (callee == 0) {
-            if (safe_read(address, &frame, FRAME_HEADER) < 0) {
+            if (ppf_safe_read(address, &frame, FRAME_HEADER) < 0) {
                 return -1;
             }
         }
@@ -467,7 +468,7 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
 {
     PyThreadState ts;
     int64_t began = monotonic_ns();
-    if (safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
+    if (ppf_safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
         return -1;
     }
     int depth = 0;
@@ -481,7 +482,7 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
         if (callee == 0) {
             /* As on 3.11+, the state and its current frame are read close together or not at
              * all. */
-            if (safe_read(address, &frame, offsetof(PyFrameObject, f_localsplus)) < 0 ||
+            if (ppf_safe_read(address, &frame, offsetof(PyFrameObject, f_localsplus)) < 0 ||
                 monotonic_ns() - began > MAX_COPY_NS) {
                 return -1;
             }

@@ -21,6 +21,9 @@ int ppf_stackread_available(void);
 PyObject *ppf_stack_reads_available(PyObject *module, PyObject *unused);
 PyObject *ppf_line_of(PyObject *module, PyObject *args);
 
+/* Copy `size` bytes at `address` of this process; 0, or -1 if any of it is not mapped. */
+int ppf_safe_read(uintptr_t address, void *out, size_t size);
+
 /* A thread state as copied. */
 typedef struct {
     uintptr_t next;         /* the next thread state of the interpreter's list */
@@ -29,6 +32,7 @@ typedef struct {
     unsigned long tid;      /* kernel thread id where the state says it (3.11+); else 0 */
     uintptr_t frame;        /* the frame it executes (0: no Python code), once frame_known */
     int frame_known;        /* 3.11 and 3.12 read it elsewhere: ppf_thread_frame() */
+    uintptr_t context;      /* its current contextvars context, or 0 */
     uintptr_t region_start; /* 3.11+: the used part of its current data stack chunk */
     uintptr_t region_end;
 } ppf_thread_copy_t;
