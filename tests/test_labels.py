@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import sys
 import threading
 
 import pytest
-from support import go_pprof
+from support import go_pprof, top_table
 
 import pyprofiler
 from pyprofiler import proto
@@ -154,3 +159,37 @@ def test_goroutine_profile_shows_each_task_and_thread_with_its_labels(tmp_path):
         loop.call_soon_threadsafe(event.set)
         loop_thread.join(timeout=30)
         waiter.join(timeout=30)
+
+
+WORKLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels_workload.py")
+
+
+def focused_share(path, route: str) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The route's share of all CPU (%), and its -top table, as `go tool pprof -tagfocus`
+    shows them with no node left out."""
+    output = go_pprof(
+        [f"-tagfocus=route={route}", "-top", "-nodefraction=0", "-nodecount=10000"], path
+    )
+    share = re.search(r"accounting for \S+, ([\d.]+)% of \S+ total", output)
+    assert share, output
+    return float(share[1]), top_table(output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["tasks", "loops", "threads"])
+def test_cpu_profile_tells_routes_apart_on_one_loop_two_loops_and_threads(mode, tmp_path):
+    path = tmp_path / "cpu.pb.gz"
+    result = subprocess.run(
+        [sys.executable, WORKLOAD, mode, "10", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    truth = json.loads(result.stdout)
+    for route, function in (("/a", "__main__.work_a"), ("/b", "__main__.work_b")):
+        share, table = focused_share(path, route)
+        focused = sum(flat for flat, _ in table.values())
+        assert table[function][0] >= 0.97 * focused, (mode, route, table)
+        timed = 100 * truth["timed"][route] / truth["workers"]
+        assert abs(share - timed) <= 5, (mode, route, share, timed)

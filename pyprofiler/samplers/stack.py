@@ -66,7 +66,7 @@ class StackSampler:
         self.stats: dict[str, int] = {}  # The native sampler's account of itself.
         self._error_logged = False
         self.backend: StackBackend = samplers.stack_backend(hz, self.wall)
-        self._start_wall_ns = 0
+        self._wall_minus_monotonic_ns = 0
         self._start_ns = 0
 
     @property
@@ -75,24 +75,26 @@ class StackSampler:
         return self.backend.own_cpu_ns
 
     def start(self) -> None:
-        self._start_wall_ns = time.time_ns()
+        # Windows are timed on the monotonic clock alone, dated by one wall reading here: two
+        # readings per cut could be a switch interval apart, leaving gaps between windows.
         self._start_ns = time.monotonic_ns()
+        self._wall_minus_monotonic_ns = time.time_ns() - self._start_ns
         self.backend.start()
 
     def stop(self) -> Snapshot:
         samples, error, self.stats = self.backend.stop()
         self._failed(error)
-        return self._window(samples, time.time_ns(), time.monotonic_ns())
+        return self._window(samples, time.monotonic_ns())
 
     def cut(self) -> Snapshot | None:
         """The window since start() or the previous cut(); sampling goes on into the next, and
         any expiry is called off. None once the sampler has ended on its own."""
-        end_wall_ns, end_ns = time.time_ns(), time.monotonic_ns()
+        end_ns = time.monotonic_ns()
         window = self.backend.cut()
         if window is None:
             return None
         samples, self.stats = window
-        return self._window(samples, end_wall_ns, end_ns)
+        return self._window(samples, end_ns)
 
     def include_own_threads(self, include: bool) -> None:
         """Whether pyprofiler's own threads are sampled from now on (by default not). Their
@@ -114,17 +116,17 @@ class StackSampler:
             self._error_logged = True
             log.error("pyprofiler: the %s sampler stopped: %s", self.value_type.type, error)
 
-    def _window(self, samples: list[Sample], end_wall_ns: int, end_ns: int) -> Snapshot:
+    def _window(self, samples: list[Sample], end_ns: int) -> Snapshot:
         snapshot = Snapshot(
             sample_types=(ValueType("samples", "count"), self.value_type),
             period_type=self.value_type,
             period=1_000_000_000 // self.hz,
-            time_nanos=self._start_wall_ns,
+            time_nanos=self._start_ns + self._wall_minus_monotonic_ns,
             duration_nanos=end_ns - self._start_ns,
             samples=samples,
             comments=self._comments(),
         )
-        self._start_wall_ns, self._start_ns = end_wall_ns, end_ns
+        self._start_ns = end_ns
         return snapshot
 
     def _comments(self) -> tuple[str, ...]:

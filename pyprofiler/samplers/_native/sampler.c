@@ -776,11 +776,14 @@ keep_thread(thread_list_t *list, const thread_t *thread)
 }
 
 static int
-stack_of(SamplerObject *self, const thread_t *thread)
+stack_of(SamplerObject *self, const thread_t *thread, uintptr_t *labels)
 {
     int truncated = 0;
-    return ppf_copy_stack(thread->address, self->interp, lookup_code, self, self->region,
-                          self->raw, PPF_MAX_STACK_DEPTH, &truncated);
+    uintptr_t contextvars = 0;
+    int depth = ppf_copy_stack(thread->address, self->interp, lookup_code, self, self->region,
+                               self->raw, PPF_MAX_STACK_DEPTH, &truncated, &contextvars);
+    *labels = ppf_context_value(contextvars);
+    return depth;
 }
 
 static void
@@ -805,11 +808,12 @@ read_cpu(SamplerObject *self, thread_t *thread, ppf_thread_copy_t *copy, int rec
     int32_t label = thread_label(self, thread, copy);
     int64_t after = thread_cpu_ns(thread->tid);
     if (after > before || preempted_by_sampler(self, thread->tid)) {
-        int depth = stack_of(self, thread);
+        uintptr_t labels;
+        int depth = stack_of(self, thread, &labels);
         int64_t later = thread_cpu_ns(thread->tid);
         after = later > after ? later : after;
         if (depth > 0) {
-            add_sample(self, depth, label, ppf_context_value(copy->context), self->period_ns);
+            add_sample(self, depth, label, labels, self->period_ns);
         }
         self->dropped += depth < 0; /* Its CPU goes to its other observations. */
     }
@@ -837,11 +841,11 @@ read_wall(SamplerObject *self, thread_t *thread, ppf_thread_copy_t *copy, int64_
             }
         }
         else {
-            int depth = stack_of(self, thread);
+            uintptr_t labels;
+            int depth = stack_of(self, thread, &labels);
             entry_t *entry = NULL;
             if (depth > 0) {
-                entry = add_sample(self, depth, thread_label(self, thread, copy),
-                                   ppf_context_value(copy->context), elapsed);
+                entry = add_sample(self, depth, thread_label(self, thread, copy), labels, elapsed);
             }
             self->dropped += depth < 0;
             thread->sampled = depth == 0 || entry != NULL; /* Not while waiting for a pin. */

@@ -95,7 +95,6 @@ from_state(const PyThreadState *ts, PyInterpreterState *interp, ppf_thread_copy_
     out->next = (uintptr_t)ts->next;
     out->serial = ts->id;
     out->ident = ts->thread_id;
-    out->context = (uintptr_t)ts->context;
     out->region_start = out->region_end = 0;
 #if PY_VERSION_HEX < 0x030B0000
     out->tid = 0;
@@ -346,13 +345,14 @@ link_field(const unsigned char *link, size_t offset)
 int
 ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t lookup,
                void *context, unsigned char *region, ppf_raw_frame_t *out, int max,
-               int *truncated)
+               int *truncated, uintptr_t *contextvars)
 {
     PyThreadState ts;
     int64_t began = monotonic_ns();
     if (ppf_safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
         return -1;
     }
+    *contextvars = (uintptr_t)ts.context;
     ppf_thread_copy_t bounds;
     from_state(&ts, interp, &bounds);
     uintptr_t start = bounds.region_start, end = bounds.region_end;
@@ -464,13 +464,14 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
 int
 ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t lookup,
                void *context, unsigned char *region, ppf_raw_frame_t *out, int max,
-               int *truncated)
+               int *truncated, uintptr_t *contextvars)
 {
     PyThreadState ts;
     int64_t began = monotonic_ns();
     if (ppf_safe_read(tstate, &ts, sizeof ts) < 0 || ts.interp != interp) {
         return -1;
     }
+    *contextvars = (uintptr_t)ts.context;
     int depth = 0;
     const ppf_code_info_t *bottom = NULL;
     uintptr_t address = (uintptr_t)ts.frame, callee = 0, callee_code = 0;

@@ -32,7 +32,6 @@ typedef struct {
     unsigned long tid;      /* kernel thread id where the state says it (3.11+); else 0 */
     uintptr_t frame;        /* the frame it executes (0: no Python code), once frame_known */
     int frame_known;        /* 3.11 and 3.12 read it elsewhere: ppf_thread_frame() */
-    uintptr_t context;      /* its current contextvars context, or 0 */
     uintptr_t region_start; /* 3.11+: the used part of its current data stack chunk */
     uintptr_t region_end;
 } ppf_thread_copy_t;
@@ -83,10 +82,12 @@ typedef const ppf_code_info_t *(*ppf_code_lookup_t)(void *context, uintptr_t add
 
 /* The frames of the thread whose state is at `tstate`, read afresh, leaf first, at most `max`
  * (*truncated set when there were more); -1 when what was copied does not hold together.
- * `region` has PPF_STACK_REGION_BYTES of room. */
+ * `region` has PPF_STACK_REGION_BYTES of room. *contextvars is the contextvars context the
+ * thread ran in as its current frame was read: an event loop's task switches between one copy
+ * of its state and the next. */
 int ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t lookup,
                    void *context, unsigned char *region, ppf_raw_frame_t *out, int max,
-                   int *truncated);
+                   int *truncated, uintptr_t *contextvars);
 
 /* The line of a pinned code object at a byte offset, as PyCode_Addr2Line gives it. */
 int ppf_code_line(const ppf_code_info_t *info, int offset);
