@@ -17,6 +17,7 @@ from pyprofiler.heap import get_mem_profile_rate, set_mem_profile_rate, write_he
 from pyprofiler.labels import get_labels, labels
 from pyprofiler.periodic import start_periodic, stop_periodic
 from pyprofiler.registry import Profile, lookup, profiles
+from pyprofiler.request_labels import label_requests
 from pyprofiler.samplers.locks import set_block_profile_rate, set_mutex_profile_fraction
 from pyprofiler.server import Server, serve
 from pyprofiler.wsgi import blueprint, create_app
@@ -32,6 +33,7 @@ __all__ = [
     "create_app",
     "get_labels",
     "get_mem_profile_rate",
+    "label_requests",
     "labels",
     "lookup",
     "new_profile",

@@ -235,8 +235,7 @@ def _thread_start(self: threading.Thread) -> None:
     self._pyprofiler_creation = info  # type: ignore[attr-defined]
     goroutine_id(self)
     label_set = labelsets.in_force()
-    # An executor's worker serves every later caller: each call brings its own (_submit).
-    if label_set is not labelsets.EMPTY and getattr(self, "_target", None) is not _executor_worker:
+    if label_set is not labelsets.EMPTY and not _is_pool_worker(self):
         # Only a labelled thread runs inside a frame of ours, hidden from its stacks.
         self._bootstrap_inner = functools.partial(  # type: ignore[attr-defined]
             _bootstrap_with_labels, label_set, self._bootstrap_inner
@@ -252,6 +251,15 @@ def _thread_start(self: threading.Thread) -> None:
             self.__dict__.pop("run", None)
         raise
     _count_threadcreate(info.stack, own)  # Only a start that worked created a thread.
+
+
+def _is_pool_worker(thread: threading.Thread) -> bool:
+    """A thread that serves every later caller of a pool, started by whichever call first needed
+    it: an executor's (each call brings its labels, _submit) or anyio's, which runs FastAPI's
+    and Starlette's sync endpoints (each call runs in its caller's context)."""
+    return getattr(thread, "_target", None) is _executor_worker or type(
+        thread
+    ).__module__.startswith("anyio.")
 
 
 def _bootstrap_with_labels(label_set: labelsets.LabelSet, bootstrap_inner) -> None:  # noqa: ANN001
@@ -305,9 +313,7 @@ def _submit(self: concurrent.futures.ThreadPoolExecutor, fn, /, *args, **kwargs)
     return _original_submit(self, _call_with_labels, label_set, fn, *args, **kwargs)
 
 
-HIDDEN_CODE.update(
-    (_bootstrap_with_labels.__code__, _call_with_labels.__code__, _submit.__code__)
-)
+HIDDEN_CODE.update((_bootstrap_with_labels.__code__, _call_with_labels.__code__, _submit.__code__))
 
 
 def after_fork_in_child() -> None:
