@@ -12,7 +12,7 @@ import sys
 import threading
 
 import pytest
-from support import go_pprof, top_table
+from support import go_pprof, run_in_child, top_table
 
 import pyprofiler
 from pyprofiler import proto
@@ -193,3 +193,28 @@ def test_cpu_profile_tells_routes_apart_on_one_loop_two_loops_and_threads(mode, 
         assert table[function][0] >= 0.97 * focused, (mode, route, table)
         timed = 100 * truth["timed"][route] / truth["workers"]
         assert abs(share - timed) <= 5, (mode, route, share, timed)
+
+
+def test_heap_profile_tells_tenants_apart(tmp_path):
+    path = tmp_path / "heap.pb.gz"
+    kept_mb = {"big": 60, "small": 20}
+
+    def tenants() -> None:  # In a child: the heap sampler is process-global.
+        pyprofiler.set_mem_profile_rate(32 * 1024)
+        kept = []
+        for tenant, megabytes in kept_mb.items():
+            with pyprofiler.labels(tenant=tenant):
+                kept.append([bytearray(10_000) for _ in range(megabytes * 100)])
+        with open(path, "wb") as file:
+            pyprofiler.write_heap_profile(file)
+
+    code, message = run_in_child(tenants, timeout=120)
+    assert code == 0, message
+    for tenant, megabytes in kept_mb.items():
+        output = go_pprof(
+            ["-sample_index=inuse_space", f"-tagfocus=tenant={tenant}", "-top", "-unit=B"], path
+        )
+        shown = re.search(r"accounting for (\d+)B", output)
+        assert shown, output
+        # 10 000-byte objects at a 32 KiB mean: ~1 900 and ~600 samples, a few percent off.
+        assert abs(int(shown[1]) - megabytes * 1e6) <= 0.15 * megabytes * 1e6, output

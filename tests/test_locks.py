@@ -219,6 +219,32 @@ def test_contended_lock_block_shows_waiter_and_mutex_shows_holder(server, tmp_pa
     assert top(mutex, "contentions")[f"{MOD}.holder"][0] > 0
 
 
+def test_block_carries_the_waiters_labels_and_mutex_the_releasing_holders(server, tmp_path):
+    enable()
+    lock = threading.Lock()
+    stop = threading.Event()
+    waited: list[int] = []
+    with pyprofiler.labels(role="holder"):
+        hold = start(holder, lock, stop, 400)
+    waiters = []
+    for n in range(3):
+        with pyprofiler.labels(role="waiter", waiter=str(n)):
+            waiters.append(start(waiter, lock, 6, waited))
+    try:
+        join_all(*waiters)
+    finally:
+        stop.set()
+        join_all(hold)
+    block, mutex = profiles(server, tmp_path)
+    waiting = traces(block, "delay", "-tagfocus=role=waiter")
+    assert sum(value for value, _, _ in waiting) >= 0.8 * sum(waited)
+    assert {labels["waiter"] for _, labels, _ in waiting} == {"0", "1", "2"}
+    # The holder never waits (its starter did, for it to start, under the same labels).
+    assert not with_function(traces(block, "delay", "-tagfocus=role=holder"), "holder")
+    holding = top(mutex, "delay", "-tagfocus=role=holder")
+    assert holding[f"{MOD}.holder"][0] >= 0.5 * sum(waited), holding
+
+
 def producer(q: queue.Queue, items: int) -> None:
     for item in range(items):
         time.sleep(HOLD)
