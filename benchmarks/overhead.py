@@ -3,6 +3,7 @@ docs/performance.md.
 
     python benchmarks/overhead.py            # full run, a few minutes
     python benchmarks/overhead.py --quick    # smoke run, about 30 seconds
+    python benchmarks/overhead.py --labels   # the same with labels in use (pyprofiler.labels)
 
 Workloads: (a) one CPU-bound thread splitting its time ~70/30 between two functions 20 frames
 deep; (b) 8 such threads beside 100 threads idle in Event.wait(); (c) a Flask app under load from
@@ -210,9 +211,9 @@ def report_crowd(
 
 
 def measure_crowd(
-    busy: int, idle: int, plan: Plan, hz: int
+    busy: int, idle: int, plan: Plan, hz: int, labelled: bool
 ) -> tuple[Pairs, tuple[list[int], float]]:
-    crowd = Crowd(busy, idle)
+    crowd = Crowd(busy, idle, labelled)
     try:
         rounds = calibrate(crowd, plan.block_seconds)
         pairs = Pairs.of(run_abba(plan.pairs, lambda: crowd.run(rounds), hz), _profiled)
@@ -222,9 +223,9 @@ def measure_crowd(
     return pairs, ticks
 
 
-def workload_a(plan: Plan, hz: int) -> None:
+def workload_a(plan: Plan, hz: int, labelled: bool) -> None:
     print("(a) one CPU-bound thread, ~70/30 between hot_major and hot_minor, 20 frames deep")
-    pairs, ticks = measure_crowd(1, 0, plan, hz)
+    pairs, ticks = measure_crowd(1, 0, plan, hz, labelled)
     report_crowd("(a)", pairs, ticks, hz, slowdown_bar=1.02, sampler_bar=1.0)
 
     profiled = pairs.measured()
@@ -251,17 +252,18 @@ def workload_a(plan: Plan, hz: int) -> None:
     )
 
 
-def workload_b(plan: Plan, hz: int) -> None:
+def workload_b(plan: Plan, hz: int, labelled: bool) -> None:
     print("(b) 8 CPU-bound threads and 100 threads idle in Event.wait()")
-    pairs, ticks = measure_crowd(8, 100, plan, hz)
+    pairs, ticks = measure_crowd(8, 100, plan, hz, labelled)
     report_crowd("(b)", pairs, ticks, hz, slowdown_bar=1.03, sampler_bar=2.0)
     totals = [b.snapshot.total("cpu") / b.process_cpu_ns for b in pairs.measured()]
     figure("(b) profile cpu total / process CPU", spread(totals, ".3f"), "(no bar)")
 
 
-def workload_c(plan: Plan, hz: int) -> None:
+def workload_c(plan: Plan, hz: int, labelled: bool) -> None:
     print(f"(c) Flask app, werkzeug threaded server, {HTTP_CLIENTS} keep-alive clients")
-    server = make_server(HOST, 0, create_app(), threaded=True, request_handler=QuietHandler)
+    app = create_app(labelled)
+    server = make_server(HOST, 0, app, threaded=True, request_handler=QuietHandler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
@@ -312,17 +314,23 @@ def main() -> None:
     parser.add_argument(
         "--only", default="abc", help="which workloads to run, e.g. 'ab' (default 'abc')"
     )
+    parser.add_argument(
+        "--labels",
+        action="store_true",
+        help="labels in use: each hot function under labels of its own, requests labelled",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     print(
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{args.hz} Hz, {'quick' if args.quick else 'full'} run: {plan}"
+        + (", labels in use" if args.labels else "")
     )
     # The figures below measure the sampler start_cpu_profile() would use here.
     print(f"sampler thread: {'native' if native is not None else 'Python'}")
     start = time.monotonic()
     for key in args.only:
-        WORKLOADS[key](plan, args.hz)
+        WORKLOADS[key](plan, args.hz, args.labels)
     print(f"done in {time.monotonic() - start:.0f} s")
 
 

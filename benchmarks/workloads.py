@@ -6,10 +6,13 @@ blocked in `threading.Event.wait()`; `create_app` is the Flask app of the HTTP w
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 from flask import Flask
+
+import pyprofiler
 
 # Recursion depth of `_descend`: the hot functions run 20 frames deep in a Crowd thread, as they
 # might in a service behind a web framework.
@@ -37,6 +40,9 @@ def hot_minor(iterations: int) -> int:
     return total
 
 
+_NO_LABELS = contextlib.nullcontext()
+
+
 def _descend(depth: int, function, *args) -> None:
     if depth:
         _descend(depth - 1, function, *args)
@@ -47,25 +53,31 @@ def _descend(depth: int, function, *args) -> None:
 class Split:
     """Rounds of hot_major then hot_minor, each call timed with this thread's CPU clock, so that
     the true split of the CPU between the two is known to compare a profile against. Setting
-    `halt` ends the rounds early."""
+    `halt` ends the rounds early. `labelled`: each call runs under labels of its own, as two
+    routes would."""
 
-    def __init__(self, halt: threading.Event) -> None:
+    def __init__(self, halt: threading.Event, labelled: bool = False) -> None:
         self.major_ns = 0
         self.minor_ns = 0
         self._halt = halt
+        self._labelled = labelled
 
     def run(self, rounds: int) -> None:
         _descend(DESCEND_FRAMES, self._rounds, rounds)
 
     def _rounds(self, rounds: int) -> None:
         clock = time.thread_time_ns
+        major_labels = pyprofiler.labels(route="/major") if self._labelled else _NO_LABELS
+        minor_labels = pyprofiler.labels(route="/minor") if self._labelled else _NO_LABELS
         for _ in range(rounds):
             if self._halt.is_set():
                 return
             start = clock()
-            hot_major(MAJOR_ITERATIONS)
+            with major_labels:
+                hot_major(MAJOR_ITERATIONS)
             middle = clock()
-            hot_minor(MINOR_ITERATIONS)
+            with minor_labels:
+                hot_minor(MINOR_ITERATIONS)
             end = clock()
             self.major_ns += middle - start
             self.minor_ns += end - middle
@@ -79,8 +91,9 @@ class Crowd:
     profile always sees the same threads.
     """
 
-    def __init__(self, busy: int, idle: int) -> None:
+    def __init__(self, busy: int, idle: int, labelled: bool = False) -> None:
         self.busy = busy
+        self._labelled = labelled
         self._go = threading.Barrier(busy + 1)
         self._done = threading.Barrier(busy + 1)
         self._closing = threading.Event()
@@ -127,18 +140,19 @@ class Crowd:
             self._go.wait()
             if self._closing.is_set():
                 return
-            split = Split(self._halt)
+            split = Split(self._halt, self._labelled)
             split.run(self._rounds)
             self._splits.append(split)
             self._done.wait()
 
 
-def create_app() -> Flask:
-    """A Flask app whose one route, /work, spends about a millisecond of CPU."""
+def create_app(labelled: bool = False) -> Flask:
+    """A Flask app whose one route, /work, spends about a millisecond of CPU; `labelled`: its
+    requests labelled by pyprofiler.label_requests."""
     app = Flask("benchmark")
 
     @app.route("/work")
     def work() -> str:
         return str(hot_major(REQUEST_ITERATIONS))
 
-    return app
+    return pyprofiler.label_requests(app) if labelled else app

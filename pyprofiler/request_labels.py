@@ -8,10 +8,10 @@ so that the number of distinct values stays bounded.
     app = pyprofiler.request_labels.WSGIMiddleware(app)                # any WSGI app
     app = pyprofiler.request_labels.ASGIMiddleware(app)                # any ASGI app
 
+The frameworks name the route as they dispatch: a request carries `method` alone until then.
 Where no template can be known (a plain WSGI or ASGI app, a path that Flask matches to no
 rule), the route is the raw path for the first MAX_RAW_PATHS distinct paths and `other` beyond
-them. Where the framework names the route only as it dispatches (Starlette, FastAPI, Django),
-a request has no route label until then, and none if nothing matches. The user's
+them; a path that FastAPI, Starlette or Django match to no route has no route label. The user's
 own labels (`tenant`, `job`) are added inside the handler with `pyprofiler.labels(...)`.
 """
 
@@ -68,17 +68,22 @@ def _set_route(route: str) -> None:
 
 class WSGIMiddleware:
     """Labels each request of a WSGI app with `method` and `route`, while the app runs and while
-    its response is iterated. `route_of(environ)` names the route template (None: unknown)."""
+    its response is iterated. `route_of(environ)` names the route template (None: unknown);
+    where it does not, the route is the raw path, bounded (RawPaths), or, with
+    `raw_paths=False`, left for the app to set once it has matched the route."""
 
-    def __init__(self, app: Callable, route_of: RouteOf | None = None) -> None:
+    def __init__(
+        self, app: Callable, route_of: RouteOf | None = None, raw_paths: bool = True
+    ) -> None:
         self.app = app
         self.route_of = route_of
         self.raw_paths = RawPaths()
+        self._label_raw_paths = raw_paths
 
     def __call__(self, environ: Environ, start_response: Callable) -> Iterable[bytes]:
         route = self.route_of(environ) if self.route_of is not None else None
         method = environ.get("REQUEST_METHOD", "GET")
-        if route is None:
+        if route is None and self._label_raw_paths:
             route = self.raw_paths(environ.get("PATH_INFO", "") or "/")
         token = _enter(method, route)
         try:
@@ -86,6 +91,11 @@ class WSGIMiddleware:
             labelled = labelsets.current.get()
         finally:
             labelsets.current.reset(token)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(body, (list, tuple)) or (
+            isinstance(file_wrapper, type) and isinstance(body, file_wrapper)
+        ):
+            return body  # Nothing runs as it is iterated; a server may send a file as it is.
         return _LabelledBody(body, labelled)
 
 
@@ -206,27 +216,24 @@ def route_template(scope: Scope) -> str:
     return template
 
 
-def flask_route_of(app: Any) -> RouteOf:
-    """The rule that a Flask app's URL map matches for an environ (`/users/<int:id>`), matched
-    before the request starts so that all of its time is labelled."""
-    from werkzeug.exceptions import HTTPException
-
-    def route_of(environ: Environ) -> str | None:
-        try:
-            rule, _ = app.url_map.bind_to_environ(environ).match(return_rule=True)
-        except HTTPException:  # 404, 405, or a redirect to the canonical URL.
-            return None
-        return rule.rule
-
-    return route_of
-
-
 def label_requests(app: Any) -> Any:
     """Label every request of a Flask, FastAPI or Starlette app with `method` and `route` (its
     route template); returns the app. Django: add `pyprofiler.request_labels.DjangoMiddleware`
     to MIDDLEWARE instead."""
-    if hasattr(app, "wsgi_app") and hasattr(app, "url_map"):  # Flask
-        app.wsgi_app = WSGIMiddleware(app.wsgi_app, route_of=flask_route_of(app))
+    if hasattr(app, "wsgi_app") and hasattr(app, "url_value_preprocessor"):  # Flask
+        middleware = WSGIMiddleware(app.wsgi_app, raw_paths=False)
+        app.wsgi_app = middleware
+
+        def label_route(endpoint: str | None, values: dict | None) -> None:
+            from flask import request
+
+            rule = request.url_rule
+            _set_route(rule.rule if rule is not None else middleware.raw_paths(request.path))
+
+        # The route Flask matched as it pushed the request (no second match), first of the
+        # preprocessors, so that the app's own before_request functions run under it.
+        app.url_value_preprocessor(label_route)
+        app.url_value_preprocessors[None].insert(0, app.url_value_preprocessors[None].pop())
         return app
     if hasattr(app, "add_middleware") and hasattr(app, "routes"):  # Starlette, FastAPI
         app.add_middleware(ASGIMiddleware, raw_paths=False)

@@ -187,12 +187,18 @@ def test_cpu_profile_tells_routes_apart_on_one_loop_two_loops_and_threads(mode, 
         check=True,
     )
     truth = json.loads(result.stdout)
+    rooted = top_table(go_pprof(["-tagroot=route", "-top", "-nodefraction=0"], path))
+    leaves = top_table(go_pprof(["-tagleaf=route", "-top", "-nodefraction=0"], path))
     for route, function in (("/a", "__main__.work_a"), ("/b", "__main__.work_b")):
         share, table = focused_share(path, route)
         focused = sum(flat for flat, _ in table.values())
         assert table[function][0] >= 0.97 * focused, (mode, route, table)
         timed = 100 * truth["timed"][route] / truth["workers"]
         assert abs(share - timed) <= 5, (mode, route, share, timed)
+        # The label as a root above the stacks, and as a leaf below them, holds the same share.
+        assert abs(rooted[route][1] - share) <= 0.1 and abs(leaves[route][0] - share) <= 0.1
+        ignored = top_table(go_pprof([f"-tagignore=route={route}", "-top"], path))
+        assert function not in ignored and ignored, (mode, route, ignored)
 
 
 def test_heap_profile_tells_tenants_apart(tmp_path):
