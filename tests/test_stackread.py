@@ -8,6 +8,8 @@ import ctypes
 import json
 import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -79,3 +81,36 @@ def test_sampled_stacks_hold_together_under_churn():
     assert summary["drops_not_in_comments"] == 0, summary
     # Drops are the price of never stopping a thread; they stay a small part.
     assert summary["dropped"] < 0.2 * summary["samples"], summary
+
+
+def short_request() -> int:
+    total = 0
+    for i in range(60_000):  # A few milliseconds of CPU: less than a tick or two.
+        total += i * i
+    return total
+
+
+def test_threads_that_live_a_tick_are_charged_to_their_own_code():
+    """A server that starts a thread per request: each thread computes for a few milliseconds
+    and ends. Its kernel id, which its CPU clock needs, is read from its thread state (3.11+) or
+    from glibc's struct pthread (3.9, 3.10) without waiting for the GIL, so its CPU is charged
+    to its stack, not left stackless."""
+    from pyprofiler.samplers.stack import CpuSampler
+
+    sampler = CpuSampler(100)
+    sampler.start()
+    deadline = time.monotonic() + 3
+    started = 0
+    while time.monotonic() < deadline and started < 10_000:
+        thread = threading.Thread(target=short_request)
+        thread.start()
+        thread.join(timeout=10)
+        started += 1
+    snapshot = sampler.stop()
+    total = sum(sample.values[1] for sample in snapshot.samples)
+    charged = sum(
+        sample.values[1]
+        for sample in snapshot.samples
+        if any(frame.function.endswith(".short_request") for frame in sample.frames)
+    )
+    assert started > 50 and charged >= 0.6 * total, (started, charged, total, sampler.stats)

@@ -19,8 +19,9 @@
  *   wall: its stack, weighted by the wall time since the previous tick. A thread whose clock has
  *         not moved since then has not run, so its previous stack is counted again, uncopied.
  * The GIL is taken only to pin code objects met for the first time (they stay referenced until
- * stop(), so their addresses cannot be reused meanwhile) and, on 3.9 and 3.10, to learn a new
- * thread's kernel id. Samples that wait for a pin are held in a small buffer until it is done.
+ * stop(), so their addresses cannot be reused meanwhile) and, on 3.9 and 3.10 where glibc's
+ * struct pthread could not be read, to learn a new thread's kernel id. Samples that wait for a
+ * pin are held in a small buffer until it is done.
  *
  * pyprofiler's own threads (named pyprofiler-*) are left out, unless a window wants them: they
  * are neither copied nor given a label, so that a server's request threads, one per request,
@@ -956,6 +957,9 @@ read_threads(SamplerObject *self, int record)
             }
         }
 #else
+        if (thread.tid == 0) {
+            thread.tid = ppf_pthread_tid(copy.ident); /* The GIL's way (find_tids) if not. */
+        }
         self->need_tids |= thread.tid == 0;
 #endif
         if (thread.tid == 0 && !self->wall) {
@@ -1227,6 +1231,9 @@ Sampler_start(SamplerObject *self, PyObject *unused)
         return PyErr_NoMemory();
     }
     self->interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+#if PY_VERSION_HEX < 0x030B0000
+    ppf_learn_pthread_tid();
+#endif
     self->random = ((uint64_t)clock_ns(CLOCK_MONOTONIC) ^ (uint64_t)(uintptr_t)self) |
                    1; /* never 0 */
     self->last_reading_ns = clock_ns(CLOCK_MONOTONIC);

@@ -11,7 +11,9 @@
 #define PY_SSIZE_T_CLEAN
 #include "stackread.h"
 
+#include <pthread.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -266,6 +268,73 @@ ppf_pin_code(ppf_code_info_t *info)
     info->table = (const unsigned char *)PyBytes_AS_STRING(table);
     info->table_size = PyBytes_GET_SIZE(table);
     return 0;
+}
+
+/* ---- kernel ids from pthread handles ---------------------------------------------------- */
+
+/* Bytes of a struct pthread searched for the id: glibc keeps it a few hundred bytes in. */
+#define PTHREAD_SCAN_WORDS 256
+
+static int pthread_tid_offset = -1;
+
+/* Which words of this thread's struct pthread hold its kernel id. */
+static int
+tid_words(uint8_t *hits)
+{
+    int32_t words[PTHREAD_SCAN_WORDS];
+    if (ppf_safe_read((uintptr_t)pthread_self(), words, sizeof words) < 0) {
+        return -1;
+    }
+    int32_t tid = (int32_t)syscall(SYS_gettid);
+    for (int i = 0; i < PTHREAD_SCAN_WORDS; i++) {
+        hits[i] = words[i] == tid;
+    }
+    return 0;
+}
+
+static void *
+tid_words_in_thread(void *hits)
+{
+    return tid_words(hits) == 0 ? hits : NULL;
+}
+
+void
+ppf_learn_pthread_tid(void)
+{
+    static int learnt;
+    if (learnt || !ppf_stackread_available()) {
+        return;
+    }
+    learnt = 1;
+    /* The word that holds the id in two threads, and only one word: the main thread's id is
+     * also the process's, which other words may hold. */
+    uint8_t here[PTHREAD_SCAN_WORDS], there[PTHREAD_SCAN_WORDS];
+    pthread_t thread;
+    void *result = NULL;
+    if (tid_words(here) < 0 || pthread_create(&thread, NULL, tid_words_in_thread, there) != 0) {
+        return;
+    }
+    pthread_join(thread, &result);
+    int found = -1, matches = 0;
+    for (int i = 0; result != NULL && i < PTHREAD_SCAN_WORDS; i++) {
+        if (here[i] && there[i]) {
+            found = i * (int)sizeof(int32_t);
+            matches++;
+        }
+    }
+    pthread_tid_offset = matches == 1 ? found : -1;
+}
+
+unsigned long
+ppf_pthread_tid(unsigned long ident)
+{
+    int32_t tid;
+    if (pthread_tid_offset < 0 || ident == 0 ||
+        ppf_safe_read((uintptr_t)ident + (uintptr_t)pthread_tid_offset, &tid, sizeof tid) < 0 ||
+        tid <= 0) {
+        return 0;
+    }
+    return (unsigned long)tid;
 }
 
 /* ---- stacks ------------------------------------------------------------------------------- */

@@ -47,6 +47,13 @@ int ppf_copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *inte
 /* Fill in thread->frame; -1 when it could not be read. */
 int ppf_thread_frame(ppf_thread_copy_t *thread);
 
+/* 3.9 and 3.10 keep no kernel thread id in the thread state, only the pthread handle (`ident`):
+ * glibc keeps the id in the struct pthread that the handle points to. ppf_learn_pthread_tid()
+ * finds where, once, from two threads of its own; then ppf_pthread_tid() reads a thread's id
+ * there without the GIL (0 where it was not learnt or cannot be read). */
+void ppf_learn_pthread_tid(void);
+unsigned long ppf_pthread_tid(unsigned long ident);
+
 /* What a stack walk needs of a code object, and what identifies it while it is not pinned. */
 typedef struct {
     uintptr_t address;
