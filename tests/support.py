@@ -1,9 +1,10 @@
 """Helpers the tests share: `go tool pprof` as the judge of every profile, servers that always
-stop, busy/idle threads with known function names, and a bounded fork runner. (conftest.py
-holds only the fixtures.)"""
+stop, busy/idle threads with known function names, a bounded fork runner, and one request to an
+ASGI app as a server makes it. (conftest.py holds only the fixtures.)"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -245,3 +246,49 @@ def pprof_traces(output: str) -> list[tuple[int, dict[str, str], list[str]]]:
         if value is not None:
             traces.append((value, labels, functions))
     return traces
+
+
+def asgi_request(
+    app, method: str, path: str, body: bytes = b"", headers: dict | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request to an ASGI app, as a server would make it."""
+
+    async def run() -> tuple[int, dict[str, str], bytes]:
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+        forever = asyncio.Event()
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            if pending:
+                return pending.pop()
+            await forever.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        raw_path, _, query = path.partition("?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": raw_path,
+            "raw_path": raw_path.encode(),
+            "root_path": "",
+            "query_string": query.encode(),
+            "headers": [
+                (k.lower().encode(), v.encode())
+                for k, v in {"host": "testserver", **(headers or {})}.items()
+            ],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 80),
+        }
+        await asyncio.wait_for(app(scope, receive, send), timeout=30)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        names = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+        return start["status"], names, content
+
+    return asyncio.run(run())

@@ -15,7 +15,7 @@ import pytest
 from django.http import HttpResponse
 from django.urls import path as django_path
 from flask import Flask
-from support import wait_until
+from support import asgi_request, wait_until
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 from werkzeug.test import Client
@@ -32,52 +32,6 @@ def own_cmdline() -> str:
 
 
 # --- An ASGI client of our own: a request is one call of the app.
-
-
-def asgi_request(
-    app, method: str, path: str, body: bytes = b"", headers: dict | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of one request to an ASGI app, as a server would make it."""
-
-    async def run() -> tuple[int, dict[str, str], bytes]:
-        pending = [{"type": "http.request", "body": body, "more_body": False}]
-        forever = asyncio.Event()
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            if pending:
-                return pending.pop()
-            await forever.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        raw_path, _, query = path.partition("?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": raw_path,
-            "raw_path": raw_path.encode(),
-            "root_path": "",
-            "query_string": query.encode(),
-            "headers": [
-                (k.lower().encode(), v.encode())
-                for k, v in {"host": "testserver", **(headers or {})}.items()
-            ],
-            "client": ("127.0.0.1", 40000),
-            "server": ("127.0.0.1", 80),
-        }
-        await asyncio.wait_for(app(scope, receive, send), timeout=30)
-        start = next(m for m in sent if m["type"] == "http.response.start")
-        content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        names = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-        return start["status"], names, content
-
-    return asyncio.run(run())
 
 
 def check_pages(fetch, prefix: str) -> None:

@@ -4,7 +4,6 @@ profiles tell the routes apart."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -16,7 +15,7 @@ import time
 
 import pytest
 import requests
-from support import go_pprof, read_line, top_table
+from support import asgi_request, go_pprof, read_line, top_table
 
 import pyprofiler
 from pyprofiler import request_labels
@@ -71,34 +70,8 @@ def test_raw_paths_are_bounded_where_no_template_is_known():
 
 
 def asgi_get(app, path: str, method: str = "GET") -> tuple[int, bytes]:
-    async def run() -> tuple[int, bytes]:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"127.0.0.1")],
-            "server": ("127.0.0.1", 80),
-            "client": ("127.0.0.1", 1234),
-        }
-        messages = []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict) -> None:
-            messages.append(message)
-
-        await app(scope, receive, send)
-        status = next(m["status"] for m in messages if m["type"] == "http.response.start")
-        return status, b"".join(m.get("body", b"") for m in messages)
-
-    return asyncio.run(run())
+    status, _, body = asgi_request(app, method, path)
+    return status, body
 
 
 def test_fastapi_and_starlette_requests_carry_the_template_with_its_prefix():
