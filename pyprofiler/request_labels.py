@@ -35,9 +35,10 @@ RouteOf = Callable[[Any], Optional[str]]
 __all__ = ["ASGIMiddleware", "DjangoMiddleware", "WSGIMiddleware", "label_requests"]
 
 
-class RawPaths:
-    """Raw paths as routes, bounded: the first `limit` distinct ones as themselves, every later
-    one as `other`, so that a scanner trying random paths cannot fill the label tables."""
+class BoundedRoutes:
+    """Route label values, bounded: the first `limit` distinct ones as themselves, every later
+    one as `other`, so that a scanner trying random raw paths (or a mount whose prefix holds a
+    parameter) cannot fill the label tables."""
 
     def __init__(self, limit: int = MAX_RAW_PATHS) -> None:
         self._limit = limit
@@ -69,7 +70,7 @@ def _set_route(route: str) -> None:
 class WSGIMiddleware:
     """Labels each request of a WSGI app with `method` and `route`, while the app runs and while
     its response is iterated. `route_of(environ)` names the route template (None: unknown);
-    where it does not, the route is the raw path, bounded (RawPaths), or, with
+    where it does not, the route is the raw path, bounded (BoundedRoutes), or, with
     `raw_paths=False`, left for the app to set once it has matched the route."""
 
     def __init__(
@@ -77,14 +78,14 @@ class WSGIMiddleware:
     ) -> None:
         self.app = app
         self.route_of = route_of
-        self.raw_paths = RawPaths()
+        self.routes = BoundedRoutes()
         self._label_raw_paths = raw_paths
 
     def __call__(self, environ: Environ, start_response: Callable) -> Iterable[bytes]:
         route = self.route_of(environ) if self.route_of is not None else None
         method = environ.get("REQUEST_METHOD", "GET")
         if route is None and self._label_raw_paths:
-            route = self.raw_paths(environ.get("PATH_INFO", "") or "/")
+            route = self.routes(environ.get("PATH_INFO", "") or "/")
         token = _enter(method, route)
         try:
             body = self.app(environ, start_response)
@@ -134,7 +135,7 @@ class ASGIMiddleware:
     Starlette or FastAPI router names it as it matches: the scope passed down notices the
     router setting `route` and `path_params`, and the route label becomes that route's
     template, with the prefix it was mounted or included under. Until then the route is the
-    raw path, bounded (RawPaths), or, with `raw_paths=False` (for an app known to route so),
+    raw path, bounded (BoundedRoutes), or, with `raw_paths=False` (for an app known to route so),
     not labelled: the raw path would be a value of its own for every user id."""
 
     def __init__(
@@ -142,16 +143,16 @@ class ASGIMiddleware:
     ) -> None:
         self.app = app
         self.route_of = route_of
-        self.raw_paths = RawPaths() if raw_paths else None
-        self.routes = self.raw_paths or RawPaths()
+        self.routes = BoundedRoutes()
+        self._label_raw_paths = raw_paths
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope.get("type") not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         route = self.route_of(scope) if self.route_of is not None else None
-        if route is None and self.raw_paths is not None:
-            route = self.raw_paths(scope.get("path", "") or "/")
+        if route is None and self._label_raw_paths:
+            route = self.routes(scope.get("path", "") or "/")
         token = _enter(scope.get("method", "WEBSOCKET"), route)
         try:
             await self.app(_RoutedScope(scope, self.routes), receive, send)
@@ -170,7 +171,7 @@ class _RoutedScope(dict):
 
     __slots__ = ("_routes",)
 
-    def __init__(self, scope: Scope, routes: RawPaths) -> None:
+    def __init__(self, scope: Scope, routes: BoundedRoutes) -> None:
         super().__init__(scope)
         self._routes = routes
 
@@ -228,7 +229,7 @@ def label_requests(app: Any) -> Any:
             from flask import request
 
             rule = request.url_rule
-            _set_route(rule.rule if rule is not None else middleware.raw_paths(request.path))
+            _set_route(rule.rule if rule is not None else middleware.routes(request.path))
 
         # The route Flask matched as it pushed the request (no second match), first of the
         # preprocessors, so that the app's own before_request functions run under it.
