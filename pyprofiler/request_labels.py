@@ -17,6 +17,7 @@ own labels (`tenant`, `job`) are added inside the handler with `pyprofiler.label
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
 from collections.abc import Awaitable, Iterable, Iterator
@@ -55,16 +56,31 @@ class BoundedRoutes:
         return OTHER
 
 
-def _enter(method: str, route: str | None) -> object:
+def _enter(method: object, route: str | None) -> contextvars.Token | None:
+    """The request's labels put in force; None where they cannot be (the app already has the
+    most labels a set may hold, or the server gave a method that is not a string): the request
+    goes on unlabelled, never failed by its profiler."""
     labels = (("method", method),) if route is None else (("method", method), ("route", route))
     current = labelsets.current
-    return current.set(labelsets.child(current.get(labelsets.EMPTY), labels))
+    try:
+        return current.set(labelsets.child(current.get(labelsets.EMPTY), labels))
+    except (TypeError, ValueError):
+        return None
 
 
-def _set_route(route: str) -> None:
-    """The route, once the framework has matched it: until the request's labels end."""
+def _leave(token: contextvars.Token | None) -> None:
+    if token is not None:
+        labelsets.current.reset(token)
+
+
+def _set_route(route: Callable[[], str]) -> None:
+    """The route `route()` names, once the framework has matched it: until the request's
+    labels end. Whatever goes wrong in naming it leaves the request as it was."""
     current = labelsets.current
-    current.set(labelsets.child(current.get(labelsets.EMPTY), (("route", route),)))
+    try:
+        current.set(labelsets.child(current.get(labelsets.EMPTY), (("route", route()),)))
+    except Exception:  # noqa: BLE001 - a label is never worth a failed request.
+        pass
 
 
 class WSGIMiddleware:
@@ -89,9 +105,9 @@ class WSGIMiddleware:
         token = _enter(method, route)
         try:
             body = self.app(environ, start_response)
-            labelled = labelsets.current.get()
+            labelled = labelsets.current.get(labelsets.EMPTY)
         finally:
-            labelsets.current.reset(token)
+            _leave(token)
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(body, (list, tuple)) or (
             isinstance(file_wrapper, type) and isinstance(body, file_wrapper)
@@ -157,7 +173,7 @@ class ASGIMiddleware:
         try:
             await self.app(_RoutedScope(scope, self.routes), receive, send)
         finally:
-            labelsets.current.reset(token)
+            _leave(token)
 
 
 _PATH_PARAMETER = re.compile(r"{([^}:]+)(?::[^}]*)?}")
@@ -179,7 +195,7 @@ class _RoutedScope(dict):
         changes = dict(*args, **kwargs)
         super().update(changes)
         if "endpoint" in changes and "path_params" in changes and "root_path" not in changes:
-            _set_route(self._routes(route_template(self)))
+            _set_route(lambda: self._routes(route_template(self)))
 
 
 def route_template(scope: Scope) -> str:
@@ -229,7 +245,7 @@ def label_requests(app: Any) -> Any:
             from flask import request
 
             rule = request.url_rule
-            _set_route(rule.rule if rule is not None else middleware.routes(request.path))
+            _set_route(lambda: rule.rule if rule is not None else middleware.routes(request.path))
 
         # The route Flask matched as it pushed the request (no second match), first of the
         # preprocessors, so that the app's own before_request functions run under it.
@@ -258,9 +274,9 @@ class DjangoMiddleware:
         try:
             return self.get_response(request)
         finally:
-            labelsets.current.reset(token)
+            _leave(token)
 
     def process_view(self, request: Any, view: Callable, args: Any, kwargs: Any) -> None:
         match = getattr(request, "resolver_match", None)
         if match is not None and getattr(match, "route", None):
-            _set_route("/" + match.route.lstrip("^"))
+            _set_route(lambda: "/" + match.route.lstrip("^"))

@@ -110,6 +110,22 @@ def test_fastapi_and_starlette_requests_carry_the_template_with_its_prefix():
     assert asgi_get(api, "/api/items/3", method="DELETE")[0] == 405
 
 
+def test_a_request_that_cannot_be_labelled_is_served_unlabelled():
+    from pyprofiler.samplers import labelsets
+
+    full = {f"key{n}": "v" for n in range(labelsets.MAX_LABELS)}  # No room for method, route.
+    client = flask_app().test_client()
+    with pyprofiler.labels(**full):
+        response = client.get("/users/7")
+        assert response.status_code == 200 and response.json == full
+        assert pyprofiler.get_labels() == full
+    environ = {"REQUEST_METHOD": None, "PATH_INFO": "/"}  # A server's odd method: no label.
+    app = request_labels.WSGIMiddleware(
+        lambda environ, start_response: [json.dumps(pyprofiler.get_labels()).encode()]
+    )
+    assert b"".join(app(environ, lambda status, headers: None)) == b"{}"
+
+
 def test_an_app_it_does_not_know_is_a_type_error_saying_what_to_do():
     with pytest.raises(TypeError, match="WSGIMiddleware or ASGIMiddleware"):
         pyprofiler.label_requests(object())
