@@ -124,6 +124,23 @@ def process_cpu_ns(pid: int) -> int:
     return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
+def tasks_cpu_ns(pid: int, name_prefix: str) -> int:
+    """utime + stime, in nanoseconds, of the process's threads whose kernel name (comm) starts
+    with `name_prefix`, as /proc has them now (an exited thread is no longer listed)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as file:
+                text = file.read()
+        except OSError:
+            continue  # Exited meanwhile.
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if name.startswith(name_prefix):
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool:
     """Poll `condition` until true; bounded in time so that a hang fails instead of blocking."""
     deadline = time.monotonic() + timeout

@@ -1104,6 +1104,8 @@ run(void *arg)
 {
     SamplerObject *self = arg;
     wake_on_time();
+    /* Named as pyprofiler's threads are, for `top -H` and /proc: its CPU is pyprofiler's. */
+    prctl(PR_SET_NAME, self->wall ? "pyprofiler-wall" : "pyprofiler-cpu", 0UL, 0UL, 0UL);
     if (!ppf_finalizing()) {
         /* Needs no GIL (PyGILState_Ensure does the same); binds the state to this thread. */
         self->tstate = PyThreadState_New(self->interp);
