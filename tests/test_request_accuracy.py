@@ -170,9 +170,13 @@ def service(request, tmp_path_factory):
 
 def function_table(path) -> dict[str, tuple[float, float]]:
     """-top by function, the names shortened to their last part (nested functions are named
-    without their enclosing function on 3.9 and 3.10)."""
-    table = top_table(go_pprof(["-top"], path))
-    return {name.rsplit(".", 1)[-1]: values for name, values in table.items()}
+    without their enclosing function on 3.9 and 3.10). Where two share a last part (the
+    workload's parse and email.parser.Parser.parse, which werkzeug calls), the one with more
+    flat time, pprof's first, keeps it."""
+    table: dict[str, tuple[float, float]] = {}
+    for name, values in top_table(go_pprof(["-top"], path)).items():
+        table.setdefault(name.rsplit(".", 1)[-1], values)
+    return table
 
 
 @pytest.mark.slow
