@@ -83,26 +83,32 @@ def _set_route(route: Callable[[], str]) -> None:
         pass
 
 
-class WSGIMiddleware:
-    """Labels each request of a WSGI app with `method` and `route`, while the app runs and while
-    its response is iterated. `route_of(environ)` names the route template (None: unknown);
-    where it does not, the route is the raw path, bounded (BoundedRoutes), or, with
-    `raw_paths=False`, left for the app to set once it has matched the route."""
+class _Middleware:
+    """What the WSGI and ASGI middlewares share: the route a request starts with."""
 
-    def __init__(
-        self, app: Callable, route_of: RouteOf | None = None, raw_paths: bool = True
-    ) -> None:
+    def __init__(self, app: Any, route_of: RouteOf | None = None, raw_paths: bool = True) -> None:
         self.app = app
         self.route_of = route_of
         self.routes = BoundedRoutes()
         self._label_raw_paths = raw_paths
 
-    def __call__(self, environ: Environ, start_response: Callable) -> Iterable[bytes]:
-        route = self.route_of(environ) if self.route_of is not None else None
-        method = environ.get("REQUEST_METHOD", "GET")
+    def _first_route(self, request: Any, path: str) -> str | None:
+        """`route_of`'s template, else the bounded raw path (unless left to the app)."""
+        route = self.route_of(request) if self.route_of is not None else None
         if route is None and self._label_raw_paths:
-            route = self.routes(environ.get("PATH_INFO", "") or "/")
-        token = _enter(method, route)
+            route = self.routes(path or "/")
+        return route
+
+
+class WSGIMiddleware(_Middleware):
+    """Labels each request of a WSGI app with `method` and `route`, while the app runs and while
+    its response is iterated. `route_of(environ)` names the route template (None: unknown);
+    where it does not, the route is the raw path, bounded (BoundedRoutes), or, with
+    `raw_paths=False`, left for the app to set once it has matched the route."""
+
+    def __call__(self, environ: Environ, start_response: Callable) -> Iterable[bytes]:
+        route = self._first_route(environ, environ.get("PATH_INFO", ""))
+        token = _enter(environ.get("REQUEST_METHOD", "GET"), route)
         try:
             body = self.app(environ, start_response)
             labelled = labelsets.current.get(labelsets.EMPTY)
@@ -143,7 +149,7 @@ class _LabelledBody:
             close()
 
 
-class ASGIMiddleware:
+class ASGIMiddleware(_Middleware):
     """Labels each HTTP and WebSocket request of an ASGI app with `method` and `route`. The
     labels are in force in the request's task, and so in every task it creates.
 
@@ -154,21 +160,11 @@ class ASGIMiddleware:
     raw path, bounded (BoundedRoutes), or, with `raw_paths=False` (for an app known to route so),
     not labelled: the raw path would be a value of its own for every user id."""
 
-    def __init__(
-        self, app: ASGIApp, route_of: RouteOf | None = None, raw_paths: bool = True
-    ) -> None:
-        self.app = app
-        self.route_of = route_of
-        self.routes = BoundedRoutes()
-        self._label_raw_paths = raw_paths
-
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope.get("type") not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        route = self.route_of(scope) if self.route_of is not None else None
-        if route is None and self._label_raw_paths:
-            route = self.routes(scope.get("path", "") or "/")
+        route = self._first_route(scope, scope.get("path", ""))
         token = _enter(scope.get("method", "WEBSOCKET"), route)
         try:
             await self.app(_RoutedScope(scope, self.routes), receive, send)
