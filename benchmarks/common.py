@@ -24,6 +24,13 @@ QUIET_CPUS = 0.1
 MIN_PAIRS = 3
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """The CPU a running process used so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 class MachineLoad:
     """CPUs that other processes used: on a 2-core machine anything else running disturbs the
     figures. Linux only, as the CPU profile is: the machine's idle time from /proc/stat, this
@@ -44,9 +51,7 @@ class MachineLoad:
             for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         )
         if self._measured is not None:
-            with open(f"/proc/{self._measured}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-            own += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            own += process_cpu_seconds(self._measured)
         return idle, own, time.monotonic()
 
     def others(self) -> float:

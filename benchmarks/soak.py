@@ -1,18 +1,19 @@
 """A scrape soak, the way Grafana Alloy and Parca scrape a service: benchmarks/soak_app.py with
 every profiler on, under HTTP load, scraped by two scrapers for --seconds (10 minutes by
 default), each asking every 15 s for a 14 s CPU profile and for heap, allocs, goroutine, block
-and mutex. Then the throughput of the same process with everything on (scrapers included)
-against everything off, in alternating ABBA blocks with the app on a CPU of its own, and the RSS
-of the same app without pyprofiler under the same load.
+and mutex. Then the throughput with everything on (scrapers included) against everything off,
+twice: in alternating ABBA blocks of one copy of the app on a CPU of its own, and side by side,
+two copies sharing that CPU at once with the roles swapped each phase; and the RSS of the same
+app without pyprofiler under the same load.
 
-    python benchmarks/soak.py                   # about 17 minutes
+    python benchmarks/soak.py                   # about 22 minutes
     python benchmarks/soak.py --seconds 120     # a shorter run (the RSS trend needs 10 min)
-    python benchmarks/soak.py --throughput-only # the on/off throughput blocks alone, ~5 minutes
+    python benchmarks/soak.py --throughput-only # the two throughput figures alone, ~10 minutes
 
 Printed: failed scrapes, the app's RSS each minute and its growth over the second half of the
 soak (up to the late allocation site, which keeps 2.5 MB on purpose), the profiler's own
 memory, whether that site, first used at 90 % of the soak, is in the heap profile under its own
-name, and the throughput ratio. A measurement, not a test: exits 0 whatever the figures.
+name, and the throughput ratios. A measurement, not a test: exits 0 whatever the figures.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import MachineLoad, Pairs, abba, figure, load, spread  # noqa: E402
+from common import MachineLoad, Pairs, abba, figure, load, process_cpu_seconds, spread  # noqa: E402
 
 from pyprofiler import proto  # noqa: E402
 
@@ -199,14 +200,15 @@ def _late_site_in_heap(pprof: str) -> bool:
 
 
 class Block:
-    def __init__(self, profiled: bool, rate: float, others: float) -> None:
-        self.profiled, self.rate, self.others = profiled, rate, others
+    def __init__(self, profiled: bool, rate: float, app_cpus: float, others: float) -> None:
+        self.profiled, self.rate, self.app_cpus, self.others = profiled, rate, app_cpus, others
 
 
 def throughput(pairs: int, block_seconds: float) -> None:
     """The app on one CPU, the load generator and the scrapers on the others: what the profilers
     cost the app, not what decoding the scraped profiles costs a 2-core machine (a scraper runs
-    on another host). Without a second CPU, all share them."""
+    on another host). Without a second CPU, all share them. A block of PERIOD seconds holds one
+    scrape cycle of both scrapers, as every PERIOD of a long soak does."""
     cpus = sorted(os.sched_getaffinity(0))
     pin = [f"--cpu={cpus[0]}"] if len(cpus) > 1 else []
     process, started = start_app("--new-site-after=1e9", *pin)
@@ -220,12 +222,20 @@ def throughput(pairs: int, block_seconds: float) -> None:
             stop = threading.Event()
             threads = scrape(started["pprof"], stop)[1] if profiled else []
             machine = MachineLoad(measured=process.pid)
+            cpu_before = process_cpu_seconds(process.pid)
             result = load(started["port"], block_seconds)
+            app_cpus = (process_cpu_seconds(process.pid) - cpu_before) / result["seconds"]
             stop.set()
             for thread in threads:
                 thread.join(timeout=120)
-            blocks.append(Block(profiled, result["requests"] / result["seconds"], 0.0))
-            blocks[-1].others = machine.others()
+            blocks.append(
+                Block(profiled, result["requests"] / result["seconds"], app_cpus, machine.others())
+            )
+            print(
+                f"    {'on ' if profiled else 'off'} {blocks[-1].rate:7.0f} requests/s, the app"
+                f" on {app_cpus:.2f} CPUs, others on {blocks[-1].others:.2f}",
+                flush=True,
+            )
     finally:
         stop_app(process)
     kept = Pairs.of(blocks, lambda block: block.profiled)
@@ -236,6 +246,76 @@ def throughput(pairs: int, block_seconds: float) -> None:
         spread(ratios),
         ">= 0.95",
         statistics.median(ratios) >= 0.95,
+    )
+    # Where the app did not get its whole CPU (another process on it, the VM's host), requests/s
+    # fall with it: requests per CPU-second of the app tell that apart from what it costs.
+    figure(
+        "requests per app CPU-second, on / off",
+        spread(kept.ratios(lambda block: block.rate / max(block.app_cpus, 1e-9))),
+    )
+
+
+def _load_into(result: dict, port: int, seconds: float) -> None:
+    result.update(load(port, seconds))
+
+
+def side_by_side(phases: int, phase_seconds: float) -> None:
+    """Two copies of the app on one CPU at once, each under its own load generator: one with
+    everything on and scraped, the other off, the roles swapped each phase. Both see the same
+    drift of the machine's speed, which on this VM moves requests/s by up to 20 % between
+    consecutive blocks of the sequential figure. Each copy has half the CPU, so the costs that
+    are fixed in time (the sampler's ticks, building the scraped profiles) weigh twice what they
+    weigh for an app with a CPU of its own: a pessimistic figure."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = [f"--cpu={cpus[0]}"] if len(cpus) > 1 else []
+    apps = [start_app("--new-site-after=1e9", *pin) for _ in range(2)]
+    if pin:
+        os.sched_setaffinity(0, cpus[1:])
+    ratios, per_cpu = [], []
+    try:
+        for _, started in apps:
+            load(started["port"], 5)  # Warm up.
+        for phase in range(phases):
+            on = phase % 2
+            for index, (process, _) in enumerate(apps):
+                tell(process, "profilers on" if index == on else "profilers off")
+            stop = threading.Event()
+            scrapers = scrape(apps[on][1]["pprof"], stop)[1]
+            cpu_before = [process_cpu_seconds(process.pid) for process, _ in apps]
+            results: list[dict] = [{}, {}]
+            loads = [
+                threading.Thread(target=_load_into, args=(result, started["port"], phase_seconds))
+                for result, (_, started) in zip(results, apps)
+            ]
+            for thread in loads:
+                thread.start()
+            for thread in loads:
+                thread.join()
+            cpu = [process_cpu_seconds(p.pid) - c for (p, _), c in zip(apps, cpu_before)]
+            stop.set()
+            for thread in scrapers:
+                thread.join(timeout=120)
+            rate = [result["requests"] / result["seconds"] for result in results]
+            ratios.append(rate[on] / rate[1 - on])
+            per_cpu.append(ratios[-1] * cpu[1 - on] / cpu[on])
+            print(
+                f"    copy {on} on: {rate[on]:5.0f} requests/s on {cpu[on]:.1f} CPU-s, copy"
+                f" {1 - on} off: {rate[1 - on]:5.0f} on {cpu[1 - on]:.1f}",
+                flush=True,
+            )
+    finally:
+        for process, _ in apps:
+            stop_app(process)
+    # The geometric mean over an even number of phases cancels what differs between the copies.
+    figure(
+        "side by side: requests/s, on / off",
+        f"{statistics.geometric_mean(ratios):.3f} ({spread(ratios)})",
+        ">= 0.95",
+        statistics.geometric_mean(ratios) >= 0.95,
+    )
+    figure(
+        "side by side: per app CPU-second, on / off",
+        f"{statistics.geometric_mean(per_cpu):.3f} ({spread(per_cpu)})",
     )
 
 
@@ -253,8 +333,10 @@ def without_profilers(seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600)
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--block-seconds", type=float, default=30)
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--block-seconds", type=float, default=PERIOD)
+    parser.add_argument("--phases", type=int, default=8)
+    parser.add_argument("--phase-seconds", type=float, default=2 * PERIOD)
     parser.add_argument("--throughput-only", action="store_true")
     args = parser.parse_args()
     if not args.throughput_only:
@@ -262,6 +344,7 @@ def main() -> None:
         soak(args.seconds)
         without_profilers(min(args.seconds, 120))
     throughput(args.pairs, args.block_seconds)
+    side_by_side(args.phases, args.phase_seconds)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,39 @@ def test_cpu_and_wall_at_the_same_time():
     assert 0.4e9 < spinner_wall < 1.2e9
 
 
+def proc_files_open() -> list[str]:
+    """This process's descriptors open on its threads' /proc files (the native sampler's)."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # The listing's own descriptor, closed meanwhile.
+        if target.startswith("/proc/") and "/task/" in target:
+            targets.append(target)
+    return targets
+
+
+@pytest.mark.skipif(native is None, reason="the Python sampler reads no /proc files")
+def test_sampler_keeps_a_bounded_number_of_proc_files_open():
+    # Threads that ran since the previous tick and are off their CPU at this one are asked
+    # whether the sampler took the CPU from them, through files it keeps open: at most two for
+    # each of 32 threads, and its own sched file.
+    assert proc_files_open() == []
+    sampler = CpuSampler(1000)
+    most = 0
+    with threads_running(*[(f"spinner-{i}", spin) for i in range(48)]):
+        sampler.start()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            most = max(most, len(proc_files_open()))
+            time.sleep(0.05)
+        sampler.stop()
+    assert sampler.error is None
+    assert 0 < most <= 2 * 32 + 1
+    assert proc_files_open() == []
+
+
 def test_fork_while_sampling():
     def child():
         # The parent's samplers were copied running, but their threads stayed in the parent:
@@ -133,6 +166,9 @@ def test_fork_while_sampling():
             started = time.monotonic()
             sampler.stop()
             assert time.monotonic() - started < 2
+        # Stopping also closed the /proc files the parent's sampler kept open (one it was
+        # opening at the fork may stay: see procfiles.c).
+        assert len(proc_files_open()) <= 1, proc_files_open()
         own = CpuSampler(1000)
         own.start()
         deadline = time.monotonic() + 0.3

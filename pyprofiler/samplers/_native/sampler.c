@@ -52,6 +52,7 @@
 #include "frames.h"
 #include "gil.h"
 #include "limits.h"
+#include "procfiles.h"
 #include "random.h"
 #include "stackread.h"
 
@@ -103,6 +104,7 @@ typedef struct {
     int sampled;       /* wall: its stack was taken at that clock reading, and went to `last` */
     entry_t *last;     /* (NULL: it ran no Python code then) */
     int own;           /* one of pyprofiler's threads, at the last reading that could tell */
+    int ran;           /* CPU: its clock had moved at that reading, so it likely has again */
 } thread_t;
 
 typedef struct {
@@ -147,6 +149,7 @@ typedef struct {
     int64_t own_cpu_ns;
     int64_t cpu_at_sleep_ns; /* its own clock as it last went to sleep */
     int64_t put_on_cpu_ns;   /* sampler_put_on_cpu() this tick; 0: not read yet */
+    ppf_proc_files_t proc;   /* the pthread's: closed as it exits (or by a forked child) */
     int preempted_found;     /* this tick: the thread that waking took the CPU from is known, */
     unsigned long preempted_tid;     /* this one; */
     unsigned long not_preempted_tid; /* and this one is known not to be it */
@@ -173,6 +176,7 @@ typedef struct {
     uintptr_t *batch_addresses;
     ppf_thread_copy_t *batch;
     char *batch_copied;
+    char *batch_wanted; /* CPU: whose frames to read with the batch */
     /* What the profile says of itself. */
     uint64_t dropped;       /* samples whose stack changed as it was read */
     uint64_t unpinned;      /* samples whose code objects could not be pinned (gone, no room) */
@@ -204,23 +208,6 @@ thread_cpu_ns(unsigned long tid)
     return clock_ns((clockid_t)((~(unsigned int)tid << 3) | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED));
 }
 
-/* Reads a /proc file whole into `text` (NUL-terminated); its length, or -1. */
-static ssize_t
-read_proc(const char *path, char *text, size_t size)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return -1;
-    }
-    ssize_t n = read(fd, text, size - 1);
-    close(fd);
-    if (n <= 0) {
-        return -1;
-    }
-    text[n] = 0;
-    return n;
-}
-
 /* A field of /proc/.../sched ("se.exec_start   :   3439375.217526", ms to the ns) in ns, or -1.
  * That file exists where the kernel has CONFIG_SCHED_DEBUG, as distributions' kernels do. */
 static int64_t
@@ -247,7 +234,7 @@ static int64_t
 sampler_put_on_cpu(SamplerObject *self)
 {
     char text[4096];
-    if (read_proc("/proc/thread-self/sched", text, sizeof text) < 0) {
+    if (ppf_proc_read_own_sched(&self->proc, text, sizeof text) < 0) {
         return -1;
     }
     int64_t start = sched_field_ns(text, "se.exec_start");
@@ -268,9 +255,8 @@ sampler_put_on_cpu(SamplerObject *self)
 static int
 read_preempted_by_sampler(SamplerObject *self, unsigned long tid)
 {
-    char path[64], text[4096];
-    snprintf(path, sizeof path, "/proc/self/task/%lu/stat", tid);
-    if (read_proc(path, text, 512) < 0) {
+    char text[4096];
+    if (ppf_proc_read(&self->proc, tid, PPF_PROC_STAT, text, 512) < 0) {
         return 0;
     }
     const char *p = strrchr(text, ')'); /* after the command name, which may hold anything */
@@ -286,9 +272,9 @@ read_preempted_by_sampler(SamplerObject *self, unsigned long tid)
     if (self->put_on_cpu_ns == 0) { /* Once a tick, when first needed. */
         self->put_on_cpu_ns = sampler_put_on_cpu(self);
     }
-    snprintf(path, sizeof path, "/proc/self/task/%lu/sched", tid);
-    int64_t stopped = read_proc(path, text, sizeof text) < 0 ? -1
-                                                             : sched_field_ns(text, "se.exec_start");
+    int64_t stopped = ppf_proc_read(&self->proc, tid, PPF_PROC_SCHED, text, sizeof text) < 0
+                          ? -1
+                          : sched_field_ns(text, "se.exec_start");
     if (self->put_on_cpu_ns < 0 || stopped < 0) {
         return 1;
     }
@@ -497,9 +483,11 @@ alloc_tables(SamplerObject *self)
     self->batch_addresses = malloc(PPF_IOV_BATCH * sizeof(uintptr_t));
     self->batch = malloc(PPF_IOV_BATCH * sizeof(ppf_thread_copy_t));
     self->batch_copied = malloc(PPF_IOV_BATCH);
+    self->batch_wanted = malloc(PPF_IOV_BATCH);
     return self->labels && self->entries && self->slots && self->codes && self->code_slots &&
                    self->pending && self->lines && self->region && self->scratch &&
-                   self->batch_addresses && self->batch && self->batch_copied
+                   self->batch_addresses && self->batch && self->batch_copied &&
+                   self->batch_wanted
                ? 0
                : -1;
 }
@@ -526,6 +514,7 @@ free_tables(SamplerObject *self)
     free(self->batch_addresses);
     free(self->batch);
     free(self->batch_copied);
+    free(self->batch_wanted);
     free(self->seen.items);
     free(self->seeing.items);
     self->entries = NULL;
@@ -539,6 +528,7 @@ free_tables(SamplerObject *self)
     self->batch_addresses = NULL;
     self->batch = NULL;
     self->batch_copied = NULL;
+    self->batch_wanted = NULL;
     self->seen = self->seeing = (thread_list_t){NULL, 0, 0};
     self->n_entries = self->n_labels = self->n_codes = self->n_pending = 0;
 }
@@ -794,6 +784,7 @@ read_cpu(SamplerObject *self, thread_t *thread, ppf_thread_copy_t *copy, int rec
     if (before < 0) {
         return; /* Exited. */
     }
+    thread->ran = before != thread->cpu_ns;
     if (thread->cpu_ns < 0 || before == thread->cpu_ns || !record) {
         thread->cpu_ns = before; /* A baseline, or it did not run since the previous tick. */
         keep_thread(&self->seeing, thread);
@@ -879,6 +870,12 @@ copy_previous(SamplerObject *self)
     if (n > 0) {
         ppf_copy_threads(self->batch_addresses, n, self->interp, self->scratch, self->batch,
                          self->batch_copied);
+        if (!self->wall) { /* Those that ran will have their frames read: read them at once. */
+            for (int i = 0; i < n; i++) {
+                self->batch_wanted[i] = self->batch_copied[i] && self->seen.items[i].ran;
+            }
+            ppf_thread_frames(self->batch, self->batch_wanted, n);
+        }
     }
 }
 
@@ -1163,6 +1160,7 @@ run(void *arg)
         PyThreadState_DeleteCurrent();
     } /* While the interpreter finalizes, the state is left behind with the rest of it. */
     self->own_cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    ppf_proc_files_close(&self->proc);
     pthread_mutex_lock(&self->mutex);
     self->exited = 1;
     pthread_cond_signal(&self->cut_done);
@@ -1200,6 +1198,7 @@ Sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     pthread_cond_init(&self->cut_done, NULL);
     pthread_mutex_init(&self->mutex, NULL);
     self->pid = getpid();
+    ppf_proc_files_init(&self->proc);
     return (PyObject *)self;
 }
 
@@ -1493,7 +1492,10 @@ Sampler_stop(SamplerObject *self, PyObject *unused)
         Py_BEGIN_ALLOW_THREADS
         pthread_join(self->thread, NULL);
         Py_END_ALLOW_THREADS
-    } /* else a forked child: the pthread stayed in the parent; the table is as it was at fork. */
+    }
+    else { /* A forked child: the pthread stayed in the parent; the table is as it was at fork. */
+        ppf_proc_files_close(&self->proc);
+    }
     PyObject *window = window_result(self);
     free_tables(self);
     PyObject *result = NULL;

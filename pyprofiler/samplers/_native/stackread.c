@@ -177,6 +177,36 @@ ppf_thread_frame(ppf_thread_copy_t *thread)
     return 0;
 }
 
+void
+ppf_thread_frames(ppf_thread_copy_t *threads, const char *wanted, int n)
+{
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+    _PyCFrame cframes[PPF_IOV_BATCH];
+    struct iovec local[PPF_IOV_BATCH], remote[PPF_IOV_BATCH];
+    int index[PPF_IOV_BATCH];
+    int k = 0;
+    for (int i = 0; i < n && i < PPF_IOV_BATCH; i++) {
+        if (wanted[i] && !threads[i].frame_known) {
+            local[k] = (struct iovec){&cframes[k], sizeof(_PyCFrame)};
+            remote[k] = (struct iovec){(void *)threads[i].frame, sizeof(_PyCFrame)};
+            index[k++] = i;
+        }
+    }
+    if (k == 0) {
+        return;
+    }
+    /* Whole elements only: it stops at the first that cannot be read. */
+    ssize_t read = process_vm_readv(self_pid, local, (unsigned long)k, remote, (unsigned long)k, 0);
+    int complete = read < 0 ? 0 : (int)((size_t)read / sizeof(_PyCFrame));
+    for (int j = 0; j < complete; j++) {
+        threads[index[j]].frame = (uintptr_t)cframes[j].current_frame;
+        threads[index[j]].frame_known = 1;
+    }
+#else
+    (void)threads, (void)wanted, (void)n;
+#endif
+}
+
 /* ---- code objects ------------------------------------------------------------------------- */
 
 #if PY_VERSION_HEX >= 0x030B0000

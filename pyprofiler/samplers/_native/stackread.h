@@ -46,6 +46,9 @@ int ppf_copy_threads(const uintptr_t *addresses, int n, PyInterpreterState *inte
                      void *scratch, ppf_thread_copy_t *out, char *copied);
 /* Fill in thread->frame; -1 when it could not be read. */
 int ppf_thread_frame(ppf_thread_copy_t *thread);
+/* The same for those of threads[0..n) with wanted[i] set, in one read: a read each would cost
+ * a system call each. Those it could not read are left for ppf_thread_frame(). */
+void ppf_thread_frames(ppf_thread_copy_t *threads, const char *wanted, int n);
 
 /* 3.9 and 3.10 keep no kernel thread id in the thread state, only the pthread handle (`ident`):
  * glibc keeps the id in the struct pthread that the handle points to. ppf_learn_pthread_tid()
