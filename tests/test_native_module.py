@@ -106,3 +106,20 @@ def test_current_stack_keeps_at_most_the_heap_depth():
         return deeper(n - 1) if n else native.current_stack(0)
 
     assert len(deeper(native.HEAP_MAX_DEPTH + 10)) == native.HEAP_MAX_DEPTH
+
+
+def test_current_stack_lines_stay_right_for_code_made_and_dropped():
+    # Each round compiles a function whose call stands on a different line, calls it and drops
+    # it: its code object and line table are freed, and the next round's are most often made in
+    # the same blocks. The lines the recorders capture must be the new code's, not remembered
+    # ones of the dead code at the same addresses.
+    for round_ in range(300):
+        blank = round_ % 7
+        source = "def probe(native):\n" + "\n" * blank + "    return native.current_stack(0)\n"
+        namespace: dict = {}
+        exec(compile(source, "<probe>", "exec"), namespace)
+        stack = namespace.pop("probe")(native)
+        code, line = stack[0]
+        assert code.co_name == "probe"
+        assert line == 2 + blank, (round_, line)
+        del stack, code

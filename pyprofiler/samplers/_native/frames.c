@@ -20,6 +20,45 @@ typedef PyFrameObject walk_t;
 typedef _PyInterpreterFrame walk_t;
 #endif
 
+#if PY_VERSION_HEX >= 0x030B0000
+/* Lines by (line table, first line, offset), on which alone a line depends. Resolving one walks
+ * the code's line table from its start, and the heap and lock recorders resolve every frame of
+ * every stack they capture: most of what they cost on a deep stack. Direct-mapped, touched only
+ * with the GIL held. An entry holds no reference, and a freed table's address is soon reused
+ * (pymalloc hands out the block freed last), so the table is also checked by its hash, which a
+ * bytes object computes once and keeps. */
+#  define LINE_CACHE_SLOTS 8192 /* power of two */
+
+typedef struct {
+    const PyObject *linetable;
+    Py_hash_t hash;
+    int firstlineno;
+    int offset;
+    int line;
+} cached_line_t;
+
+static cached_line_t line_cache[LINE_CACHE_SLOTS];
+
+static int
+line_of(PyCodeObject *code, int offset)
+{
+    PyObject *table = code->co_linetable;
+    if (!PyBytes_CheckExact(table)) {
+        return PyCode_Addr2Line(code, offset);
+    }
+    Py_hash_t hash = PyObject_Hash(table); /* A bytes object's: never fails, never allocates. */
+    uintptr_t key = (uintptr_t)table ^ ((uintptr_t)offset * 0x9E3779B97F4A7C15ULL);
+    cached_line_t *slot = &line_cache[(key >> 4) & (LINE_CACHE_SLOTS - 1)];
+    if (slot->linetable == table && slot->hash == hash && slot->offset == offset &&
+        slot->firstlineno == code->co_firstlineno) {
+        return slot->line;
+    }
+    int line = PyCode_Addr2Line(code, offset);
+    *slot = (cached_line_t){table, hash, code->co_firstlineno, offset, line};
+    return line;
+}
+#endif
+
 /* Frames from `f` outwards, leaf first, at most `max`; *truncated is set when there were more.
  * Reads the interpreter's frames: no allocation, no frame objects. */
 static int
@@ -52,16 +91,13 @@ walk_frames(walk_t *f, ppf_frame_t *out, int max, int *truncated)
             break;
         }
 #  if PY_VERSION_HEX >= 0x030D0000
-        out[depth].code = (PyObject *)_PyFrame_GetCode(f);
-        out[depth].lineno = PyUnstable_InterpreterFrame_GetLine(f);
-#  elif PY_VERSION_HEX >= 0x030C0000
-        out[depth].code = (PyObject *)f->f_code;
-        out[depth].lineno = PyUnstable_InterpreterFrame_GetLine(f);
+        PyCodeObject *code = _PyFrame_GetCode(f);
 #  else
-        out[depth].code = (PyObject *)f->f_code;
-        out[depth].lineno = PyCode_Addr2Line(
-            f->f_code, _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
+        PyCodeObject *code = f->f_code;
 #  endif
+        out[depth].code = (PyObject *)code;
+        out[depth].lineno =
+            line_of(code, _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
         depth++;
     }
 #endif
