@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-from pyprofiler import registry
+from pyprofiler import registry, ui
 from pyprofiler.errors import ProfileUnavailableError
 
 if TYPE_CHECKING:
@@ -208,12 +208,21 @@ def index_page(counts: dict[str, int] | None = None, workers: list[Worker] | Non
     )
     dump_link = _GOROUTINE_DUMP_LINK if registry.lookup("goroutine") else ""
     workers_table = _workers_table(workers) if workers else ""
+    # Go's rows stay as they are (tools read them); the viewer's links get a paragraph below.
+    views = " ".join(
+        f"<a href='ui/#profile={html.escape(p.name)}'>{html.escape(p.name)}</a>"
+        for p in registry.profiles()
+    )
+    ui_links = (
+        "<p>\nView in the browser, with no Go and no graphviz: <a href='ui/'>flame graph, top, "
+        f"source and diff</a>.\n<br>\n{views}\n</p>\n"
+    )
     return (
         "<html>\n<head>\n<title>/debug/pprof/</title>\n<style>\n.profile-name{\n"
         "\tdisplay:inline-block;\n\twidth:6rem;\n}\n</style>\n</head>\n<body>\n/debug/pprof/\n"
         "<br>\n<p>Set debug=1 as a query parameter to export in legacy text format</p>\n<br>\n"
         "Types of profiles available:\n<table>\n<thead><td>Count</td><td>Profile</td></thead>\n"
-        f"{rows}</table>\n{dump_link}{workers_table}<p>\nProfile Descriptions:\n<ul>\n"
+        f"{rows}</table>\n{dump_link}{ui_links}{workers_table}<p>\nProfile Descriptions:\n<ul>\n"
         f"{descriptions}</ul>\n</p>\n</body>\n</html>"
     )
 
@@ -278,6 +287,10 @@ class Routes:
                 ],
                 [],
             )
+        if request.name == "ui" or (request.name.startswith("ui/") and _is_ui_asset(request.name)):
+            # The page's own files hold nothing of the process: they load without the token,
+            # which the page then sends with every request for data.
+            return _ui_asset_reply(request)
         token = request.args.get("token")
         if not guards.token_accepted(request.headers.get("authorization"), token):
             reply = serve_error(
@@ -313,6 +326,12 @@ class Routes:
             return _text_reply(_cmdline())
         if name == "symbol":
             return self._symbol(request, members.group if members is not None else None)
+        if name == "ui/profiles":
+            return _ui_profiles()
+        if name == "ui/source":
+            return _ui_source(request)
+        if name.startswith("ui/"):
+            return not_found()
         profile = registry.lookup(name)
         if profile is None:
             return serve_error(404, "Unknown profile")
@@ -462,6 +481,65 @@ class Routes:
         lines = ["num_symbols: 1"]
         lines.extend(f"{a:#x} {names[a]}" for a in addresses if names.get(a) is not None)
         return _text_reply("\n".join(lines) + "\n")
+
+
+def _is_ui_asset(name: str) -> bool:
+    return name not in ("ui/profiles", "ui/source")
+
+
+def _ui_asset_reply(request: Request) -> Reply:
+    if request.method not in _GET:
+        reply = serve_error(405, f"method {request.method} not allowed; use GET or HEAD")
+        reply.headers.append(("Allow", ", ".join(_GET)))
+        return reply
+    if request.name == "ui":
+        return redirect("ui/" + (f"?{request.query}" if request.query else ""))
+    found = ui.asset(request.name[len("ui/") :])
+    if found is None:
+        return not_found()
+    data, content_type = found
+    return Reply(
+        200,
+        [
+            ("Content-Type", content_type),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Cache-Control", "no-cache"),
+        ],
+        [data],
+    )
+
+
+def _ui_profiles() -> Reply:
+    entries: list[dict[str, object]] = [
+        {
+            "name": p.name,
+            "description": p.description,
+            "timed": p.timed,
+            "delta": p.supports_delta,
+            "url": f"../{p.name}",
+        }
+        for p in registry.profiles()
+    ]
+    title = f"{_cmdline().replace(chr(0), ' ')[:200]} (pid {os.getpid()})"
+    return _text_reply([ui.profiles_json("live", title, entries)], "application/json")
+
+
+def _ui_source(request: Request) -> Reply:
+    name = request.args.get("file", "")
+    if not name:
+        return serve_error(400, 'missing "file" parameter: the source file to show')
+    filename = registry.named_file(name)
+    if filename is None:
+        return serve_error(
+            403,
+            f"{name[:300]!r} is not named by a profile this process has served: the source view "
+            "reads only those files",
+        )
+    try:
+        text = ui.read_source(filename)
+    except ui.SourceUnavailable as exc:
+        return serve_error(404, str(exc))
+    return _text_reply(text)
 
 
 def _read_body(request: Request) -> tuple[bytes, Reply | None]:

@@ -40,6 +40,7 @@ class _ProfileBuilder:
         function_id = self._functions.get(function_key)
         if function_id is None:
             function_id = self._functions[function_key] = len(self._functions) + 1
+            symbols.remember_file(escaped(frame.filename), frame.filename)
             self.profile.function.add(
                 id=function_id,
                 name=self.string(frame.function),

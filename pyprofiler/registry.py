@@ -142,6 +142,12 @@ def symbol(address: int) -> str | None:
     return symbols.lookup(address)
 
 
+def named_file(name: str) -> str | None:
+    """The file on disk behind a file name that a profile this process encoded carries, or None:
+    the only files the built-in UI's source view may read."""
+    return symbols.named_file(name)
+
+
 def write_snapshot(snapshot: Snapshot, file: IO[bytes]) -> None:
     """Write a finished profile to `file` as gzipped profile.proto."""
     proto.write(snapshot, file)

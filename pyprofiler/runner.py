@@ -141,18 +141,3 @@ def run(args: list[str], environ: Mapping[str, str] = os.environ) -> int:
     except OSError as error:
         print(f"pyprofiler run: cannot execute {executable}: {error.strerror}", file=sys.stderr)
         return EXIT_NOT_FOUND if isinstance(error, FileNotFoundError) else EXIT_CANNOT_EXECUTE
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pyprofiler COMMAND ...`; the one command is `run`."""
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "run":
-        return run(args[1:])
-    usage = f"usage: {USAGE}\n       python -m pyprofiler run --help"
-    if args and args[0] in ("-h", "--help"):
-        print(usage)
-        return 0
-    print(usage, file=sys.stderr)
-    got = f"not {args[0]!r}" if args else "missing"
-    print(f"python -m pyprofiler: error: the command must be 'run' ({got})", file=sys.stderr)
-    return 2

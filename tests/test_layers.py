@@ -19,7 +19,7 @@ SAMPLERS_MAY_IMPORT = {
     "pyprofiler.stalls",
     "pyprofiler.errors",
 }
-HTTP_MAY_IMPORT = {"pyprofiler", "pyprofiler.registry", "pyprofiler.errors"}
+HTTP_MAY_IMPORT = {"pyprofiler", "pyprofiler.registry", "pyprofiler.errors", "pyprofiler.ui"}
 
 
 def module_name(path: Path) -> str:
