@@ -51,6 +51,11 @@ def check_pages(fetch, prefix: str) -> None:
     assert status == 405 and headers["allow"] == "GET, HEAD"
     status, headers, body = fetch("GET", prefix)
     assert status in (301, 307, 308) and headers["location"].endswith(f"{prefix}/")
+    # The built-in viewer (issue 14): its page and its data, at the same prefix.
+    status, headers, body = fetch("GET", f"{prefix}/ui/")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    status, headers, body = fetch("GET", f"{prefix}/ui/profiles")
+    assert status == 200 and b'"mode": "live"' in body and b'"url": "../heap"' in body
 
 
 def wsgi_fetch(app):
