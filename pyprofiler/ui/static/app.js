@@ -220,33 +220,39 @@ function escapeRegex(text) {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-function renderLabels(profile) {
+// Each label value with what its samples hold of the current sample type, as pprof -tags.
+function renderLabels(profile, typeIndex, unit) {
   const valuesByKey = new Map();
-  for (const labels of profile.sampleLabels) {
-    if (!labels) continue;
+  const types = profile.sampleTypes.length;
+  let whole = 0;
+  profile.sampleLabels.forEach((labels, i) => {
+    const amount = profile.sampleValues[i * types + typeIndex];
+    whole += amount;
+    if (!labels) return;
     for (const label of labels) {
       if (!valuesByKey.has(label.key)) valuesByKey.set(label.key, new Map());
-      const counts = valuesByKey.get(label.key);
+      const totals = valuesByKey.get(label.key);
       const value = labelValue(label);
-      counts.set(value, (counts.get(value) ?? 0) + 1);
+      totals.set(value, (totals.get(value) ?? 0) + amount);
     }
-  }
+  });
   ui.labels.replaceChildren();
   if (valuesByKey.size === 0) {
     ui.labels.textContent = "this profile's samples have no labels";
     return;
   }
-  for (const [key, counts] of [...valuesByKey].sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [key, totals] of [...valuesByKey].sort(([a], [b]) => a.localeCompare(b))) {
     const group = document.createElement("div");
     group.className = "label-key";
     const heading = document.createElement("strong");
     heading.textContent = key;
     group.append(heading);
     const list = document.createElement("ul");
-    for (const [value, count] of [...counts].sort((a, b) => b[1] - a[1])) {
+    for (const [value, amount] of [...totals].sort((a, b) => b[1] - a[1])) {
       const item = document.createElement("li");
       const filter = `${key}=^${escapeRegex(value)}$`;
-      item.append(`${value} (${count} samples) `,
+      const share = whole === 0 ? "" : `, ${formatPercent(amount, whole)}`;
+      item.append(`${value} (${formatValue(amount, unit)}${share}) `,
         labelButton("focus", `show only samples with ${key}=${value}`, () => { ui.tagfocus.value = filter; }),
         labelButton("hide", `hide samples with ${key}=${value}`, () => {
           ui.tagignore.value = ui.tagignore.value ? `${ui.tagignore.value},${filter}` : filter;
@@ -326,10 +332,10 @@ async function refresh({ refetch = false } = {}) {
     }
     const currentUrl = sources[sources.length - 1].url;
     const shownBefore = shown;
-    shown = { tree, profile: current.profile, bytes: fetched[fetched.length - 1].bytes, url: currentUrl, key: treeKey };
-    if (!shownBefore || shownBefore.profile !== current.profile) {
-      fillSampleSelect(current.profile);
-      renderLabels(current.profile);
+    shown = { tree, profile: current.profile, bytes: fetched[fetched.length - 1].bytes, url: currentUrl, key: treeKey, sample: state.sample };
+    if (!shownBefore || shownBefore.profile !== current.profile) fillSampleSelect(current.profile);
+    if (!shownBefore || shownBefore.profile !== current.profile || shownBefore.sample !== state.sample) {
+      renderLabels(current.profile, typeIndex, sampleType.unit);
     }
     if (!shownBefore || shownBefore.bytes !== shown.bytes) updateLinks(entry);
     writeHash();
