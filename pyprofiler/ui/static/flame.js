@@ -7,11 +7,6 @@
 const ROOT = 0;
 
 // Frames are merged by function name along the call path, as pprof's flame graph does.
-function frameNameOf(profile, line) {
-  const fn = profile.functions[line.functionIndex];
-  return fn ? fn.name || fn.systemName || "?" : "?";
-}
-
 class GrowableTree {
   constructor(capacity) {
     this.count = 0;
@@ -124,18 +119,30 @@ export function buildCallTree(sources, keepSample, unit) {
   // Each location's frames, leaf first (its inlined functions before their caller), as
   // locationFrames[locationFrameStart[l] .. locationFrameStart[l + 1]).
   const framesPerSource = sources.map(({ profile }) => {
-    const locationFrameStart = new Int32Array(profile.locations.length + 1);
+    const { locations, functions } = profile;
+    const locationFrameStart = new Int32Array(locations.length + 1);
     const locationFrames = [];
-    profile.locations.forEach((location, index) => {
+    // A function's frame, looked up by name once per function rather than once per location.
+    const functionFrame = new Int32Array(functions.length).fill(-1);
+    for (let index = 0; index < locations.length; index++) {
+      const location = locations[index];
       if (location.lines.length === 0) {
         locationFrames.push(frameOf(`0x${location.address.toString(16)}`, "", 0));
       }
       for (const line of location.lines) {
-        const fn = profile.functions[line.functionIndex];
-        locationFrames.push(frameOf(frameNameOf(profile, line), fn ? fn.filename : "", fn ? fn.startLine || line.line : 0));
+        const fi = line.functionIndex;
+        if (fi < 0) {
+          locationFrames.push(frameOf("?", "", 0));
+          continue;
+        }
+        if (functionFrame[fi] < 0) {
+          const fn = functions[fi];
+          functionFrame[fi] = frameOf(fn.name || fn.systemName || "?", fn.filename, fn.startLine || line.line);
+        }
+        locationFrames.push(functionFrame[fi]);
       }
       locationFrameStart[index + 1] = locationFrames.length;
-    });
+    }
     return { locationFrameStart, locationFrames: Int32Array.from(locationFrames) };
   });
 

@@ -15,6 +15,7 @@ class ProtoReader {
     this.bytes = bytes;
     this.pos = start;
     this.end = end;
+    this.spanStart = 0;
   }
 
   atEnd() {
@@ -29,6 +30,7 @@ class ProtoReader {
     if (this.pos >= this.end) throw new ProfileFormatError("truncated varint");
     let byte = bytes[this.pos++];
     if (byte < 0x80) return byte;
+    if (this.pos < this.end && bytes[this.pos] < 0x80) return (byte & 0x7f) | (bytes[this.pos++] << 7);
     let low = byte & 0x7f;
     let high = 0;
     let shift = 7;
@@ -53,14 +55,23 @@ class ProtoReader {
     return (high >>> 0) * TWO_POW_32 + (low >>> 0);
   }
 
-  // Reads a length prefix and returns [start, end] of the bytes it covers.
+  // Reads a length prefix and moves past the bytes it covers: they start at `spanStart` and end
+  // where this returns (no array per call: there is one call per sample, location and line).
   span() {
     const length = this.varint();
     const start = this.pos;
     const end = start + length;
     if (length < 0 || end > this.end) throw new ProfileFormatError("length past the end of the data");
+    this.spanStart = start;
     this.pos = end;
-    return [start, end];
+    return end;
+  }
+
+  // Points the reader at bytes[start, end) of the same buffer.
+  reset(start, end) {
+    this.pos = start;
+    this.end = end;
+    return this;
   }
 
   skip(wireType) {
@@ -77,9 +88,9 @@ class ProtoReader {
   // A repeated integer field, packed (wire type 2) or one value per tag; pushes onto `out`.
   repeatedVarint(wireType, out) {
     if (wireType === WIRE_BYTES) {
-      const [start, end] = this.span();
+      const end = this.span();
       const outerEnd = this.end;
-      this.pos = start;
+      this.pos = this.spanStart;
       this.end = end;
       while (this.pos < end) out.push(this.varint());
       this.end = outerEnd;
@@ -92,20 +103,24 @@ class ProtoReader {
 }
 
 // A list of numbers in a typed array that grows: the samples' location ids and values run into
-// the millions, where a plain array of doubles is slower to fill and to read.
+// the millions, where a plain array is slower to fill and to read. Int32 while every value fits
+// (location ids do: half the memory, and fewer collections), doubles from the first that does not.
 class NumberList {
-  constructor() {
-    this.array = new Float64Array(4096);
+  constructor(capacity) {
+    this.array = new Int32Array(Math.max(capacity, 1024));
     this.length = 0;
   }
 
   push(value) {
-    if (this.length === this.array.length) {
-      const larger = new Float64Array(this.array.length * 2);
-      larger.set(this.array);
-      this.array = larger;
-    }
+    if (this.length === this.array.length) this.resize(this.array.length * 2, this.array.constructor);
+    if ((value | 0) !== value && this.array instanceof Int32Array) this.resize(this.array.length, Float64Array);
     this.array[this.length++] = value;
+  }
+
+  resize(capacity, Type) {
+    const larger = new Type(capacity);
+    larger.set(this.array.subarray(0, this.length));
+    this.array = larger;
   }
 }
 
@@ -151,8 +166,7 @@ function readValueType(reader, start, end) {
   return valueType;
 }
 
-function readLabel(bytes, start, end) {
-  const sub = new ProtoReader(bytes, start, end);
+function readLabel(sub) {
   const label = { key: 0, str: 0, num: 0, numUnit: 0 };
   while (!sub.atEnd()) {
     const tag = sub.varint();
@@ -169,9 +183,8 @@ function readLabel(bytes, start, end) {
   return label;
 }
 
-function readLine(bytes, start, end) {
-  const sub = new ProtoReader(bytes, start, end);
-  const line = { functionId: 0, line: 0 };
+function readLine(sub) {
+  const line = { functionId: 0, line: 0, functionIndex: -1 };
   while (!sub.atEnd()) {
     const tag = sub.varint();
     const wireType = tag & 7;
@@ -184,16 +197,15 @@ function readLine(bytes, start, end) {
   return line;
 }
 
-function readLocation(bytes, start, end) {
-  const sub = new ProtoReader(bytes, start, end);
+function readLocation(sub, lineReader) {
   const location = { id: 0, mappingId: 0, address: 0, lines: [] };
   while (!sub.atEnd()) {
     const tag = sub.varint();
     const field = tag >>> 3;
     const wireType = tag & 7;
     if (field === 4 && wireType === WIRE_BYTES) {
-      const [lineStart, lineEnd] = sub.span();
-      location.lines.push(readLine(bytes, lineStart, lineEnd));
+      const lineEnd = sub.span();
+      location.lines.push(readLine(lineReader.reset(sub.spanStart, lineEnd)));
     } else if (wireType === WIRE_VARINT && field >= 1 && field <= 3) {
       const value = sub.varint();
       if (field === 1) location.id = value;
@@ -206,8 +218,7 @@ function readLocation(bytes, start, end) {
   return location;
 }
 
-function readFunction(bytes, start, end) {
-  const sub = new ProtoReader(bytes, start, end);
+function readFunction(sub) {
   const fn = { id: 0, name: 0, systemName: 0, filename: 0, startLine: 0 };
   while (!sub.atEnd()) {
     const tag = sub.varint();
@@ -267,24 +278,40 @@ function decodeMessage(bytes) {
   const sampleTypeRefs = [];
   const locations = [];
   const functions = [];
-  const locationIds = new NumberList();
-  const locationStart = new NumberList();
+  // A first pass sizes the sample arrays: every location id takes at least a byte.
+  let sampleCount = 0, sampleBytes = 0;
+  while (!reader.atEnd()) {
+    const tag = reader.varint();
+    if (tag === ((2 << 3) | WIRE_BYTES)) {
+      sampleBytes += reader.span() - reader.spanStart;
+      sampleCount++;
+    } else {
+      reader.skip(tag & 7);
+    }
+  }
+  reader.pos = 0;
+  const locationIds = new NumberList(sampleBytes >> 1);
+  const locationStart = new NumberList(sampleCount + 1);
   locationStart.push(0);
-  const values = new NumberList();
+  const values = new NumberList(sampleCount * 2);
   const valueCounts = [];
   const labelRefs = [];
   let periodTypeRef = null;
   let period = 0, timeNanos = 0, durationNanos = 0, defaultSampleTypeRef = 0;
 
-  // One reader for every sample, since a profile can have hundreds of thousands of them.
+  // One reader for every sample, location, line, function and label: there can be hundreds of
+  // thousands of each.
   const sample = new ProtoReader(bytes);
+  const part = new ProtoReader(bytes);
+  const partLine = new ProtoReader(bytes);
   while (!reader.atEnd()) {
     const tag = reader.varint();
     const field = tag >>> 3;
     const wireType = tag & 7;
     if (wireType === WIRE_BYTES && (field === 1 || field === 2 || field === 4 || field === 5 ||
                                     field === 6 || field === 11)) {
-      const [start, end] = reader.span();
+      const end = reader.span();
+      const start = reader.spanStart;
       if (field === 1) {
         sampleTypeRefs.push(readValueType(reader, start, end));
       } else if (field === 2) {
@@ -299,17 +326,17 @@ function decodeMessage(bytes) {
           if (sampleField === 1) sample.repeatedVarint(sampleWire, locationIds);
           else if (sampleField === 2) sample.repeatedVarint(sampleWire, values);
           else if (sampleField === 3 && sampleWire === WIRE_BYTES) {
-            const [labelStart, labelEnd] = sample.span();
-            (sampleLabels ??= []).push(readLabel(bytes, labelStart, labelEnd));
+            const labelEnd = sample.span();
+            (sampleLabels ??= []).push(readLabel(part.reset(sample.spanStart, labelEnd)));
           } else sample.skip(sampleWire);
         }
         locationStart.push(locationIds.length);
         valueCounts.push(values.length - valuesBefore);
         labelRefs.push(sampleLabels);
       } else if (field === 4) {
-        locations.push(readLocation(bytes, start, end));
+        locations.push(readLocation(part.reset(start, end), partLine));
       } else if (field === 5) {
-        functions.push(readFunction(bytes, start, end));
+        functions.push(readFunction(part.reset(start, end)));
       } else if (field === 6) {
         strings.push(decodeString(bytes, start, end));
       } else {
@@ -363,10 +390,10 @@ function resolve(raw) {
   }));
 
   const locationIndexOf = indexById(raw.locations);
-  profile.locations = raw.locations.map((location) => ({
-    id: location.id, mappingId: location.mappingId, address: location.address,
-    lines: location.lines.map((line) => ({ functionIndex: functionIndexOf(line.functionId), line: line.line })),
-  }));
+  for (const location of raw.locations) {
+    for (const line of location.lines) line.functionIndex = functionIndexOf(line.functionId);
+  }
+  profile.locations = raw.locations;
 
   const typeCount = profile.sampleTypes.length;
   const sampleCount = raw.valueCounts.length;
