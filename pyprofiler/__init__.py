@@ -7,8 +7,9 @@ then `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=10`. In a 
 application, mount `asgi_app()`, `create_app()` (WSGI) or `blueprint()` (Flask) instead.
 """
 
-# contention registers the block and mutex profiles; fork is the one at-fork entry.
-from pyprofiler import contention, fork  # noqa: F401
+# calls, contention and trace register the calls, block, mutex and trace profiles; fork is the
+# one at-fork entry.
+from pyprofiler import calls, contention, fork, trace  # noqa: F401
 from pyprofiler.asgi import asgi_app
 from pyprofiler.count_profiles import new_profile
 from pyprofiler.cpu import set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile

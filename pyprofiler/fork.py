@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from pyprofiler import cpu, guards, periodic, server, stalls, turns
-from pyprofiler.samplers import creation, own_locks, stack_python
+from pyprofiler.samplers import calls, creation, own_locks, stack_python, trace
 from pyprofiler.samplers.native import native
 
 
@@ -16,6 +16,8 @@ def _after_fork_in_child() -> None:
     if native is not None:
         native.after_fork_in_child()  # The C parts' tables and locks.
     stack_python.after_fork_in_child()
+    calls.after_fork_in_child()
+    trace.after_fork_in_child()
     creation.after_fork_in_child()
     stalls.after_fork_in_child()
     turns.after_fork_in_child()

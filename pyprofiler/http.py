@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 from pyprofiler import registry, ui
-from pyprofiler.errors import ProfileUnavailableError
+from pyprofiler.errors import ProfilerBusyError, ProfileUnavailableError
 
 if TYPE_CHECKING:
     from pyprofiler.fanout import Answer, Fanout, Worker
@@ -212,6 +212,7 @@ def index_page(counts: dict[str, int] | None = None, workers: list[Worker] | Non
     views = " ".join(
         f"<a href='ui/#profile={html.escape(p.name)}'>{html.escape(p.name)}</a>"
         for p in registry.profiles()
+        if p.mergeable
     )
     ui_links = (
         "<p>\nView in the browser, with no Go and no graphviz: <a href='ui/'>flame graph, top, "
@@ -336,6 +337,7 @@ class Routes:
         if profile is None:
             return serve_error(404, "Unknown profile")
         seconds = self._duration(request, profile)
+        options = self._options(request, profile)
         ticket = self.guards.limiter.enter(seconds)
         if ticket is None:
             reply = serve_error(
@@ -346,7 +348,7 @@ class Routes:
             reply.headers.append(("Retry-After", str(self.guards.limiter.retry_after())))
             return reply
         try:
-            return self._profile(request, profile, seconds, members)
+            return self._profile(request, profile, seconds, options, members)
         finally:
             self.guards.limiter.leave(ticket)
 
@@ -354,7 +356,8 @@ class Routes:
         """How long the profile asked for runs (0: an instant one); a bad request raises."""
         self._int_param(request, "include_self")
         if profile.timed:
-            return self._seconds(request.args.get("seconds", ""), default=DEFAULT_SECONDS)
+            default = profile.default_seconds or DEFAULT_SECONDS
+            return self._seconds(request.args.get("seconds", ""), default=default)
         if request.args.get("seconds", "") == "":
             self._int_param(request, "debug")
             self._int_param(request, "gc")
@@ -381,6 +384,17 @@ class Routes:
         return seconds
 
     @staticmethod
+    def _options(request: Request, profile: registry.Profile) -> dict[str, str]:
+        """The value of each option the profile offers: the request's, or the default."""
+        chosen = {}
+        for name, values in profile.options.items():
+            raw = request.args.get(name, "")
+            if raw != "" and raw not in values:
+                raise BadRequest(f'invalid value for "{name}" - must be one of {", ".join(values)}')
+            chosen[name] = raw or values[0]
+        return chosen
+
+    @staticmethod
     def _int_param(request: Request, name: str) -> int:
         raw = request.args.get(name, "")
         value = go_atoi(raw) if raw != "" else 0
@@ -389,11 +403,25 @@ class Routes:
         return value
 
     def _profile(
-        self, request: Request, profile: registry.Profile, seconds: int, members: Members | None
+        self,
+        request: Request,
+        profile: registry.Profile,
+        seconds: int,
+        options: dict[str, str],
+        members: Members | None,
     ) -> Reply:
         if members is not None:
+            if not profile.mergeable:
+                return self._one_member(request, profile, members, seconds)
+            if options.get("format", "pprof") != "pprof":
+                # Members' profiles are merged, which only profile.proto can be.
+                raise BadRequest(
+                    f"format={options['format']} is one process's profile and several serve "
+                    "this port: ask for the default pprof format, each sample labelled with "
+                    "its pid"
+                )
             return self._gathered(request, members, seconds)
-        name = profile.name
+        name = profile.filename(options) if profile.timed else profile.name
         debug = self._int_param(request, "debug")
         include_self = self._int_param(request, "include_self") > 0
         body = _Chunks()
@@ -401,7 +429,14 @@ class Routes:
             name += "-delta"
         elif name == "heap" and self._int_param(request, "gc") > 0:
             gc.collect()
-        if not registry.write(profile, body, debug, seconds, include_self, request.hangup):
+        try:
+            written = registry.write(
+                profile, body, debug, seconds, include_self, request.hangup, options
+            )
+        except ProfilerBusyError as exc:  # A profiler that runs one window at a time.
+            activity = profile.activity or f"{profile.name} profiling"
+            return serve_error(500, f"Could not enable {activity}: {exc}")
+        if not written:
             # Go's answer to a delta whose client went away; a CPU or wall profile cut short is
             # sent as it is, as Go sends it.
             return serve_error(500, "context canceled")
@@ -425,6 +460,19 @@ class Routes:
         if pid is None or pid == os.getpid():
             return None
         raise NoSuchMember(f"no process with pid {pid} serves this port")
+
+    def _one_member(
+        self, request: Request, profile: registry.Profile, members: Members, seconds: int
+    ) -> Reply:
+        """A profile that cannot be merged, on a group's port: the one member's, as it is."""
+        if members.pids is None:
+            raise BadRequest(
+                f"the {profile.name} is one process's and several serve this port: add pid=N "
+                "for one of them (the index lists them)"
+            )
+        timeout = seconds + members.group.answer_grace
+        target = _member_target(request)
+        return _answer_reply(members.group.forward(members.pids[0], target, timeout))
 
     def _gathered(self, request: Request, members: Members, seconds: int) -> Reply:
         answer = members.group.gather(
@@ -519,6 +567,7 @@ def _ui_profiles() -> Reply:
             "url": f"../{p.name}",
         }
         for p in registry.profiles()
+        if p.mergeable  # profile.proto, which the page decodes; not the trace's JSON.
     ]
     title = f"{_cmdline().replace(chr(0), ' ')[:200]} (pid {os.getpid()})"
     return _text_reply([ui.profiles_json("live", title, entries)], "application/json")

@@ -158,8 +158,14 @@ def start_periodic(
     if not names:
         raise PyprofilerError("start_periodic() needs at least one profile name")
     for name in names:
-        if registry.lookup(name) is None:
+        profile = registry.lookup(name)
+        if profile is None:
             raise PyprofilerError(f"start_periodic(): there is no profile named {name!r}")
+        if profile.timed and not isinstance(profile, cpu.TimedProfile):
+            # The trace and the call profile run a window of their own, at a cost while it runs.
+            raise PyprofilerError(
+                f"start_periodic(): the {name} profile is not written periodically"
+            )
     if not interval > 0:
         raise PyprofilerError(f"start_periodic(): interval must be positive, not {interval!r}")
     if keep is not None and keep < 1:

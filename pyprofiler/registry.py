@@ -9,7 +9,7 @@ merged profiles and start/stop_cpu_profile share the one path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import IO
 
@@ -41,6 +41,16 @@ class Profile:
     # A profile of threads (CPU, wall, goroutine, threadcreate): pyprofiler's own threads are
     # left out unless asked for (`include_self`), and its snapshot() and text() take that.
     lists_threads: bool = False
+    # A timed profile's choices besides its duration, as query parameters: each one's values,
+    # its default first. The HTTP layer refuses others; write_to gets the values chosen.
+    options: Mapping[str, tuple[str, ...]] = {}
+    # A timed profile's duration when none is asked for; None: the server's (30 s).
+    default_seconds: int | None = None
+    # What Go's "Could not enable ..." names when it runs already; "" for "<name> profiling".
+    activity: str = ""
+    # profile.proto, which a group's members' answers merge into one; False for one process's
+    # document (the trace's timeline), which a group's port passes on from the member asked.
+    mergeable: bool = True
 
     def count(self) -> int:
         return 0
@@ -68,6 +78,10 @@ class Profile:
     def _building(self) -> AbstractContextManager[None]:
         return _one_build(self.pauses_gc)
 
+    def filename(self, options: Mapping[str, str]) -> str:
+        """The name a download of the profile is saved under, in the form `options` choose."""
+        return self.name
+
     def text(self, debug: int) -> Iterable[str]:
         """Go's legacy text form (`debug=1`, and `debug=2` where a profile has one), in chunks
         so that a large dump is written out piece by piece."""
@@ -79,10 +93,12 @@ class Profile:
         debug: int = 0,
         seconds: float | None = None,
         include_self: bool = False,
+        options: Mapping[str, str] | None = None,
     ) -> None:
         """Write the profile to `file`: gzipped profile.proto, or Go's text form when `debug` > 0
         (timed profiles ignore `debug`, as Go's CPU profile does). Profiles of threads leave
-        pyprofiler's own (`pyprofiler-*`) out unless `include_self`."""
+        pyprofiler's own (`pyprofiler-*`) out unless `include_self`. `options`: the values
+        chosen of those the profile offers, defaults where absent."""
         if self.timed:
             write_snapshot(self._snapshot(seconds, include_self), file)
             return
@@ -122,14 +138,15 @@ def write(
     seconds: float = 0,
     include_self: bool = False,
     hangup_signal: hangup.Signal | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> bool:
-    """Write `profile` as a request asks for it: a timed profile over `seconds`, the delta
-    over `seconds` of an instant one, or the instant one now (Go's text form if `debug` > 0).
-    Set, `hangup_signal` cuts the waiting short when the client goes away; False: it went away
-    during a delta, of which nothing was written."""
+    """Write `profile` as a request asks for it: a timed profile over `seconds` with the
+    `options` chosen, the delta over `seconds` of an instant one, or the instant one now (Go's
+    text form if `debug` > 0). Set, `hangup_signal` cuts the waiting short when the client goes
+    away; False: it went away during a delta, of which nothing was written."""
     with hangup.watching(hangup_signal):
         if profile.timed:
-            profile.write_to(file, seconds=seconds, include_self=include_self)
+            profile.write_to(file, seconds=seconds, include_self=include_self, options=options)
         elif seconds:
             profile.write_delta(file, seconds, include_self=include_self)
         else:

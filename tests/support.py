@@ -309,3 +309,52 @@ def asgi_request(
         return start["status"], names, content
 
     return asyncio.run(run())
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+BROWSER_TIMEOUT = 60
+
+
+@contextlib.contextmanager
+def headless_chromium(profile_dir: os.PathLike | str):
+    """Debian's Chromium, headless, driven by selenium through Debian's chromedriver, stopped
+    whatever the test does. A missing browser fails the test: .ci/run installs it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert os.access(path, os.X_OK), f"{path} missing: apt-get install chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile_dir}",
+        # Nothing but loopback, whatever Chromium would fetch on its own.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+        "--disable-domain-reliability",
+        "--disable-client-side-phishing-detection",
+        "--disable-default-apps",
+        "--no-default-browser-check",
+        "--metrics-recording-only",
+        "--password-store=basic",
+        "--window-size=1400,1000",
+        "--force-device-scale-factor=1",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The explicit driver path: Selenium Manager never runs (it would go to the network).
+    browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    browser.set_script_timeout(BROWSER_TIMEOUT)
+    browser.set_page_load_timeout(BROWSER_TIMEOUT)
+    try:
+        yield browser
+    finally:
+        browser.quit()

@@ -29,8 +29,9 @@ STALL_LIMIT_MS = 100.0
 
 NAMES = ["", "cmdline", "symbol", "heap", "allocs", "goroutine", "threadcreate", "block"]
 NAMES += ["mutex", "trace", "nope", "heap/../cmdline", "%2e%2e/", "goroutine/x"]
+NAMES += ["ui", "ui/", "ui/profiles", "ui/source", "ui/app.js", "ui/x.js", "ui/../heap"]
 TIMED = ["profile", "wall"]  # Rarer: each lasts MAX_SECONDS.
-PARAMETERS = ["seconds", "debug", "gc", "pid", "include_self", "token", "x", "SECONDS", ""]
+PARAMETERS = ["seconds", "debug", "gc", "pid", "include_self", "token", "x", "SECONDS", "", "file"]
 ODD_VALUES = ["", "0", "1", "2", "-1", "+1", "-0", "1_0", " 1", "1 ", "\u0661", "\uff11"]
 ODD_VALUES += ["0x10", "1e3", "1.5", "99999999999999999999", "%", "%zz", "%00", "a;b", "&&"]
 METHODS = ["GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"]
@@ -39,7 +40,11 @@ HOSTS = ["localhost", "127.0.0.1", "localhost:6060", "[::1]", "evil.example", ""
 # The 5xx answers that Go's server gives too (docs/production.md), with how their bodies start:
 # HTTP/2's preface, a transfer encoding other than chunked, a delta whose client went away
 # (a half-closed connection); everything else is a 4xx or 2xx.
-DOCUMENTED_5XX = {505: b"", 501: b"", 500: b"context canceled\n"}
+DOCUMENTED_5XX = {
+    505: b"",
+    501: b"",
+    500: (b"context canceled\n", b"Could not enable tracing: tracing is already enabled\n"),
+}
 
 
 def huge(pieces: st.SearchStrategy[str]) -> st.SearchStrategy[str]:

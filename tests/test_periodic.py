@@ -102,6 +102,8 @@ def test_unwritable_directory_is_logged_once_and_retried(tmp_path, caplog):
     "kwargs, message",
     [
         ({"profiles": ("nonexistent",)}, "no profile named 'nonexistent'"),
+        ({"profiles": ("trace",)}, "the trace profile is not written periodically"),
+        ({"profiles": ("calls",)}, "the calls profile is not written periodically"),
         ({"profiles": ()}, "at least one profile"),
         ({"interval": 0}, "interval must be positive"),
         ({"keep": 0}, "keep must be at least 1"),

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import go_pprof, read_line, top_table
+from support import go_pprof, headless_chromium, read_line, top_table
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WORKLOAD = Path(__file__).with_name("ui_workload.py")
 TIMEOUT = 30  # Per HTTP request, and per page load beyond the profile's own seconds.
 SECONDS = 3  # Of each CPU profile or heap delta the page takes.
@@ -121,45 +119,8 @@ def cpu_app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        # A missing browser fails the tests: .ci/run installs it.
-        assert os.access(path, os.X_OK), f"{path} missing: apt-get install chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-        # Beyond the contract's flags: nothing but loopback, whatever Chromium wants to fetch.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-        "--disable-domain-reliability",
-        "--disable-client-side-phishing-detection",
-        "--disable-default-apps",
-        "--no-default-browser-check",
-        "--metrics-recording-only",
-        "--password-store=basic",
-        "--window-size=1400,1000",
-        "--force-device-scale-factor=1",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # The explicit driver path: Selenium Manager never runs (it would go to the network).
-    browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    browser.set_script_timeout(TIMEOUT)
-    browser.set_page_load_timeout(TIMEOUT)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium")) as browser:
         yield browser
-    finally:
-        browser.quit()
 
 
 def screenshot(driver, name: str, tmp_path: Path) -> Path:
