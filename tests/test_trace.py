@@ -100,8 +100,8 @@ def slices_named(events: list[dict], suffix: str, tid: int | None = None) -> lis
 
 @pytest.fixture(scope="module")
 def busy_trace():
-    """The workload's trace over its busy second, and what it timed itself."""
-    document, timed = traced_workload(["busy"], seconds=2)
+    """The workload's trace over its busy seconds, and what it timed itself."""
+    document, timed = traced_workload(["busy"], seconds=3)
     return document, timed
 
 

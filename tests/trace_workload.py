@@ -20,8 +20,10 @@ import time
 import pyprofiler
 
 START_DELAY = 0.4
-HOT_ONE_SECONDS = 0.3
-HOT_TWO_SECONDS = 0.5
+# Long enough that a late tick at either end (tens of ms on a loaded 2-core machine) stays
+# well within the acceptance's 10 %.
+HOT_ONE_SECONDS = 0.6
+HOT_TWO_SECONDS = 1.0
 TASKS = 20
 AFTER_SECONDS = 0.3
 
