@@ -159,11 +159,14 @@ def _give_way(
     kept: list[tuple[int, int, int, tuple]] = []
     parents: list[tuple[int, int, int, int]] = []  # (original start, end; adjusted start, end)
     for start, end, order, record in sampled:
+        # A slice left behind may still run when this one starts (a frame that outlasts its
+        # caller's slice, as the sampler's cuts can leave one): this one starts after it.
+        after = start
         while parents and not (parents[-1][0] <= start and end <= parents[-1][1]):
-            parents.pop()
-        new_start, new_end = start, end
+            after = max(after, parents.pop()[3])
+        new_start, new_end = after, end
         if parents:
-            new_start, new_end = max(start, parents[-1][2]), min(end, parents[-1][3])
+            new_start, new_end = max(after, parents[-1][2]), min(end, parents[-1][3])
         while new_start < new_end:
             crossed = intervals.straddled(new_start, new_end)
             if crossed is None:

@@ -589,19 +589,27 @@ def test_sites_without_live_memory_are_retired_so_that_new_ones_are_seen(tmp_pat
     heap_path, allocs_path = str(tmp_path / "heap.pb.gz"), str(tmp_path / "allocs.pb.gz")
     text_path = str(tmp_path / "heap.txt")
 
-    def child():
-        pyprofiler.set_mem_profile_rate(1)
-        allocation_sites(40_000, keep=False)  # A long-running program's passing sites.
-        kept = [fresh_site() for _ in range(10)]
-        pyprofiler.set_mem_profile_rate(0)
-        for name, target in (("heap", heap_path), ("allocs", allocs_path)):
-            with open(target, "wb") as file:
-                pyprofiler.lookup(name).write_to(file)
-        with open(text_path, "wb") as file:
-            pyprofiler.lookup("heap").write_to(file, debug=1)
-        del kept
-
-    in_child(child)
+    # A fresh interpreter rather than a fork of this one: on 3.12+, once any profile function or
+    # monitoring tool has been set in a process (the calls and trace tests set them), the heap
+    # recorder sees many more stacks than sites and retires too few (an open bug, not this
+    # test's subject).
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import pyprofiler\n"
+        "from test_heap import allocation_sites, fresh_site\n"
+        "pyprofiler.set_mem_profile_rate(1)\n"
+        "allocation_sites(40_000, keep=False)  # A long-running program's passing sites.\n"
+        "kept = [fresh_site() for _ in range(10)]\n"
+        "pyprofiler.set_mem_profile_rate(0)\n"
+        f"for name, target in (('heap', {heap_path!r}), ('allocs', {allocs_path!r})):\n"
+        "    with open(target, 'wb') as file:\n"
+        "        pyprofiler.lookup(name).write_to(file)\n"
+        f"with open({text_path!r}, 'wb') as file:\n"
+        "    pyprofiler.lookup('heap').write_to(file, debug=1)\n"
+    )
+    subprocess.run([sys.executable, str(script)], check=True, timeout=CHILD_TIMEOUT)
     _, _, stats = parse_heap_text(Path(text_path).read_text())
     assert int(stats["RetiredStacks"]) > 16_384
     assert int(stats["DroppedStacks"]) == 0
