@@ -39,6 +39,9 @@ CALLS = {
     "short_life": {"compute"},
     "recurser": {"deep", "compute"},
     "deep": {"deep", "compute"},
+    "unwinder": {"climb", "settle"},
+    "climb": {"climb"},
+    "settle": set(),
     "raiser": {"raise_deep"},
     "raise_deep": {"raise_deep", "compute"},
     "generating": {"numbers", "compute"},
@@ -53,7 +56,7 @@ CALLS = {
     "compute": set(),
 }
 # What threading and asyncio run at the bottom of a thread's stack: no caller of ours.
-ROOTS = {"main", "spawner", "recurser", "raiser", "generating", "event_loop", "executing",
+ROOTS = {"main", "spawner", "recurser", "unwinder", "raiser", "generating", "event_loop", "executing",
          "handler", "coroutine_chain", "short_life", "serving", "handle"}
 
 
@@ -88,6 +91,27 @@ def recurser(stop: threading.Event) -> None:
     while not stop.is_set():
         deep(RECURSION)
         compute(100)
+
+
+def climb(n: int) -> int:
+    if n == 0:
+        return 0
+    return climb(n - 1) + 1
+
+
+def settle(n: int) -> int:
+    while n:
+        n = n - 1
+    return n
+
+
+def unwinder(stop: threading.Event) -> None:
+    """Calls and returns all the time, and a frame smaller than climb's takes the slot of the
+    outermost climb as soon as the recursion has unwound: the inner climbs, returned, still
+    seem linked to it (the slot's old frame) until something overwrites them."""
+    while not stop.is_set():
+        climb(100)
+        settle(30)
 
 
 def raise_deep(n: int) -> None:
@@ -228,7 +252,7 @@ def main() -> None:
     if sys.version_info < (3, 12):
         threading.stack_size(64 << 20)  # 5 000 Python frames use the C stack before 3.11
     stop = threading.Event()
-    workers = [spawner, recurser, raiser, generating, event_loop, executing, serving]
+    workers = [spawner, recurser, unwinder, raiser, generating, event_loop, executing, serving]
     threads = [threading.Thread(target=w, args=(stop,), name=w.__name__) for w in workers]
     for thread in threads:
         thread.start()

@@ -378,20 +378,38 @@ ends_in_generator(const ppf_code_info_t *bottom, uintptr_t next, int truncated)
            (bottom->flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR));
 }
 
-/* Two reads in one call, the second made after the first. */
+/* Reads in one call, each made after the one before it. */
+typedef struct {
+    uintptr_t from;
+    void *to;
+    size_t size;
+} read_part_t;
+
+static int
+safe_read_parts(const read_part_t *parts, int n)
+{
+    struct iovec local[3], remote[3];
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (parts[i].from < 4096) {
+            return -1;
+        }
+        local[i] = (struct iovec){parts[i].to, parts[i].size};
+        remote[i] = (struct iovec){(void *)parts[i].from, parts[i].size};
+        total += parts[i].size;
+    }
+    return process_vm_readv(self_pid, local, (unsigned long)n, remote, (unsigned long)n, 0) ==
+                   (ssize_t)total
+               ? 0
+               : -1;
+}
+
 static int
 safe_read2(uintptr_t first, void *out_first, size_t first_size, uintptr_t second,
            void *out_second, size_t second_size)
 {
-    if (first < 4096 || second < 4096) {
-        return -1;
-    }
-    struct iovec local[2] = {{out_first, first_size}, {out_second, second_size}};
-    struct iovec remote[2] = {{(void *)first, first_size}, {(void *)second, second_size}};
-    return process_vm_readv(self_pid, local, 2, remote, 2, 0) ==
-                   (ssize_t)(first_size + second_size)
-               ? 0
-               : -1;
+    read_part_t parts[2] = {{first, out_first, first_size}, {second, out_second, second_size}};
+    return safe_read_parts(parts, 2);
 }
 
 /* How a walk makes sure that what it copies held together, without stopping the thread:
@@ -400,6 +418,10 @@ safe_read2(uintptr_t first, void *out_first, size_t first_size, uintptr_t second
  *   - frames read one by one: each is read together with the link of the frame reached before
  *     it (its callee), read again after it; the callee must still be linked to it, so the two
  *     were caller and callee at once (a caller outlives its callee);
+ *   - 3.11+: but a callee that has returned leaves its link behind in memory, so that the slot
+ *     of its caller, since taken by another frame, still seems linked to it. A callee the
+ *     thread pushed must therefore still lie below the top of its data stack, read after the
+ *     caller (a callee in an older chunk is taken as live: the thread is deeper than it);
  *   - 3.11+: the top of the data stack is copied in one read, after the pointer to the thread's
  *     current frame. That copy is made a page at a time, lower pages first, so a frame is used
  *     from it only where it lies in one page with its callee; two frames the thread pushed
@@ -441,6 +463,28 @@ link_field(const unsigned char *link, size_t offset)
     return value;
 }
 
+/* The thread's current chunk of data stack: where it is, how far it is used, where it ends. */
+typedef struct {
+    uintptr_t chunk, top, limit;
+} data_stack_t;
+
+#  define DATA_STACK_FIELDS offsetof(PyThreadState, datastack_chunk)
+_Static_assert(offsetof(PyThreadState, datastack_top) == DATA_STACK_FIELDS + sizeof(void *) &&
+                   offsetof(PyThreadState, datastack_limit) ==
+                       DATA_STACK_FIELDS + 2 * sizeof(void *),
+               "data_stack_t mirrors the thread state's three data stack fields");
+
+/* Whether a frame the thread pushed at `frame` was still in use when `stack` was read. */
+static int
+pushed_frame_live(uintptr_t frame, const data_stack_t *stack)
+{
+    uintptr_t data = stack->chunk + offsetof(_PyStackChunk, data);
+    if (frame < data || frame >= stack->limit) {
+        return 1; /* in an older chunk */
+    }
+    return frame + FRAME_HEADER <= stack->top;
+}
+
 int
 ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t lookup,
                void *context, unsigned char *region, ppf_raw_frame_t *out, int max,
@@ -459,8 +503,15 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
     if (top == 0) {
         return 0;
     }
-    if (end > start && safe_read2(top, &address, sizeof address, start, region, end - start) < 0) {
-        start = end = 0; /* The chunk went away: every frame is read on its own. */
+    uintptr_t stack_fields = tstate + DATA_STACK_FIELDS;
+    data_stack_t after_region = {0, 0, 0}; /* read after the copy of the region */
+    if (end > start) {
+        read_part_t parts[3] = {{top, &address, sizeof address},
+                                {start, region, end - start},
+                                {stack_fields, &after_region, sizeof after_region}};
+        if (safe_read_parts(parts, 3) < 0) {
+            start = end = 0; /* The chunk went away: every frame is read on its own. */
+        }
     }
     if (end == start && ppf_safe_read(top, &address, sizeof address) < 0) {
         return -1;
@@ -497,13 +548,20 @@ ppf_copy_stack(uintptr_t tstate, PyInterpreterState *interp, ppf_code_lookup_t l
         }
         else {
             unsigned char link[LINK_END - LINK_START];
-            if (safe_read2(address, &frame, FRAME_HEADER, callee + LINK_START, link,
-                           sizeof link) < 0 ||
+            data_stack_t after;
+            read_part_t parts[3] = {{address, &frame, FRAME_HEADER},
+                                    {callee + LINK_START, link, sizeof link},
+                                    {stack_fields, &after, sizeof after}};
+            if (safe_read_parts(parts, callee_pushed ? 3 : 2) < 0 ||
                 link_field(link, offsetof(_PyInterpreterFrame, previous)) != address ||
                 link_field(link, offsetof(_PyInterpreterFrame, FRAME_CODE_FIELD)) !=
-                    callee_code) {
+                    callee_code ||
+                (callee_pushed && !pushed_frame_live(callee, &after))) {
                 return -1;
             }
+        }
+        if (in_region && callee_pushed && !pushed_frame_live(callee, &after_region)) {
+            return -1;
         }
         if ((unsigned char)frame.owner > MAX_OWNER) {
             return -1;
