@@ -56,8 +56,8 @@ CALLS = {
     "compute": set(),
 }
 # What threading and asyncio run at the bottom of a thread's stack: no caller of ours.
-ROOTS = {"main", "spawner", "recurser", "unwinder", "raiser", "generating", "event_loop", "executing",
-         "handler", "coroutine_chain", "short_life", "serving", "handle"}
+ROOTS = {"main", "spawner", "recurser", "unwinder", "raiser", "generating", "event_loop",
+         "executing", "handler", "coroutine_chain", "short_life", "serving", "handle"}
 
 
 def compute(n: int = 200) -> int:
