@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 import zlib
 from pathlib import Path
 
@@ -589,27 +590,23 @@ def test_sites_without_live_memory_are_retired_so_that_new_ones_are_seen(tmp_pat
     heap_path, allocs_path = str(tmp_path / "heap.pb.gz"), str(tmp_path / "allocs.pb.gz")
     text_path = str(tmp_path / "heap.txt")
 
-    # A fresh interpreter rather than a fork of this one: on 3.12+, once any profile function or
-    # monitoring tool has been set in a process (the calls and trace tests set them), the heap
-    # recorder sees many more stacks than sites and retires too few (an open bug, not this
-    # test's subject).
-    script = tmp_path / "child.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "import pyprofiler\n"
-        "from test_heap import allocation_sites, fresh_site\n"
-        "pyprofiler.set_mem_profile_rate(1)\n"
-        "allocation_sites(40_000, keep=False)  # A long-running program's passing sites.\n"
-        "kept = [fresh_site() for _ in range(10)]\n"
-        "pyprofiler.set_mem_profile_rate(0)\n"
-        f"for name, target in (('heap', {heap_path!r}), ('allocs', {allocs_path!r})):\n"
-        "    with open(target, 'wb') as file:\n"
-        "        pyprofiler.lookup(name).write_to(file)\n"
-        f"with open({text_path!r}, 'wb') as file:\n"
-        "    pyprofiler.lookup('heap').write_to(file, debug=1)\n"
-    )
-    subprocess.run([sys.executable, str(script)], check=True, timeout=CHILD_TIMEOUT)
+    def child():
+        # As after a debugger, coverage or a /calls window: on 3.12+ every code object then
+        # allocates its instrumentation as it starts to run (see the test below).
+        sys.setprofile(lambda *args: None)
+        sys.setprofile(None)
+        pyprofiler.set_mem_profile_rate(1)
+        allocation_sites(40_000, keep=False)  # A long-running program's passing sites.
+        kept = [fresh_site() for _ in range(10)]
+        pyprofiler.set_mem_profile_rate(0)
+        for name, target in (("heap", heap_path), ("allocs", allocs_path)):
+            with open(target, "wb") as file:
+                pyprofiler.lookup(name).write_to(file)
+        with open(text_path, "wb") as file:
+            pyprofiler.lookup("heap").write_to(file, debug=1)
+        del kept
+
+    in_child(child)
     _, _, stats = parse_heap_text(Path(text_path).read_text())
     assert int(stats["RetiredStacks"]) > 16_384
     assert int(stats["DroppedStacks"]) == 0
@@ -618,6 +615,36 @@ def test_sites_without_live_memory_are_retired_so_that_new_ones_are_seen(tmp_pat
     _, rows = top(allocs_path, "alloc_objects")
     assert flat_of(rows, "[pyprofiler: retired allocation sites]") > 16_384
     assert "allocation sites without live memory retired" in go_pprof(["-comments"], heap_path)
+
+
+def test_code_objects_of_passing_sites_are_freed_once_their_sites_retire(tmp_path):
+    """exec'd functions, each run once at rate 1 and dropped, after a profile function was set
+    and removed: the heap recorder names a site by its code objects until the site is retired,
+    and then lets them go. (On 3.12+ a code object allocates its instrumentation as it starts to
+    run; a bucket naming the code kept it alive, the code kept that bucket's block in use, and
+    neither was ever freed or retired.)"""
+    result_path = tmp_path / "result.json"
+
+    def child():
+        sys.setprofile(lambda *args: None)
+        sys.setprofile(None)
+        pyprofiler.set_mem_profile_rate(1)
+        first = []
+        for n in range(40_000):
+            namespace: dict = {}
+            exec(f"def site_{n}():\n    return bytes(100)\n", namespace)
+            namespace[f"site_{n}"]()
+            if n < 1000:
+                first.append(weakref.ref(namespace[f"site_{n}"].__code__))
+            del namespace
+        pyprofiler.set_mem_profile_rate(0)
+        pyprofiler.lookup("heap").write_to(io.BytesIO())  # Releases what retired sites held.
+        gc.collect()
+        alive = sum(code() is not None for code in first)
+        result_path.write_text(json.dumps({"alive": alive}))
+
+    in_child(child)
+    assert json.loads(result_path.read_text())["alive"] < 100
 
 
 def descend(depth: int, size: int) -> bytes:
@@ -925,7 +952,11 @@ def test_soak_rates_resets_and_profiles_while_threads_allocate(tmp_path):
             allocating.join(timeout=60)
         assert not allocating.is_alive(), "the allocating threads did not stop"
         assert written > 10, f"only {written} profiles written in 20 s"
+        # The recorder still records after all that (the threads may have ended their rounds
+        # before the deadline, and the last reset may have come after their last sample).
+        native.reset()
         pyprofiler.set_mem_profile_rate(4096)
+        heap_workload.allocate_mixed(threading.Event(), time.monotonic() + 10, max_rounds=20_000)
         with open(path, "wb") as file:
             pyprofiler.write_heap_profile(file)
         pyprofiler.set_mem_profile_rate(0)

@@ -117,6 +117,26 @@ top_frame(PyThreadState *tstate)
 #endif
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* Whether a frame stands at the RESUME that starts its code, having run none of it. There the
+ * interpreter instruments the code for sys.monitoring the first time it runs after any tool or
+ * profile function was ever set (3.12+: the code then owns that memory), and handles its eval
+ * breaker. Such allocations are the call's, charged to the call site as the frame's own
+ * creation is: a heap bucket naming the code would otherwise hold the code alive, and with it
+ * the very block that keeps the bucket in use, so that neither is ever freed or retired. */
+static int
+entering_its_code(walk_t *f)
+{
+#  if PY_VERSION_HEX >= 0x030D0000
+    PyCodeObject *code = _PyFrame_GetCode(f);
+#  else
+    PyCodeObject *code = f->f_code;
+#  endif
+    return f->owner != FRAME_OWNED_BY_CSTACK &&
+           _PyInterpreterFrame_LASTI(f) == code->_co_firsttraceable;
+}
+#endif
+
 int
 ppf_capture_stack(ppf_frame_t *out, int max, int *truncated)
 {
@@ -124,7 +144,13 @@ ppf_capture_stack(ppf_frame_t *out, int max, int *truncated)
     if (tstate == NULL) {
         return 0;
     }
-    return walk_frames(top_frame(tstate), out, max, truncated);
+    walk_t *f = top_frame(tstate);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (f != NULL && entering_its_code(f)) {
+        f = f->previous;
+    }
+#endif
+    return walk_frames(f, out, max, truncated);
 }
 
 PyObject *
