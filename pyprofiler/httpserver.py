@@ -25,6 +25,7 @@ import logging
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -374,6 +375,10 @@ class HTTPServer:
                     return
                 connection = self._ready.popleft()
             try:
+                # A profile function set over every thread (yappi's in a /calls window, a
+                # program's threading.setprofile) leaves ours: the program's profile would show
+                # our requests' calls and slow them down.
+                sys.setprofile(None)
                 _Exchange(self, connection).run()
             except Exception:  # A bug of ours: logged, and the next connection is served.
                 log.debug("pyprofiler: request failed", exc_info=True)

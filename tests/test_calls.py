@@ -117,6 +117,21 @@ def test_include_self_shows_pyprofilers_own_threads(server, tmp_path):
     assert counts["pyprofiler.hangup.sleep"][0] == 1
 
 
+def test_pyprofilers_request_threads_run_outside_the_window(server, tmp_path):
+    """Requests served while a window is open (by pool threads started before it, or during
+    it) run without yappi's hook: not in the profile even with include_self=1, and not slowed."""
+
+    def ask_goroutines() -> int:
+        return sum(get(server, "goroutine?debug=1").status_code == 200 for _ in range(5))
+
+    response, answered = during_window(server, "seconds=2&include_self=1", ask_goroutines)
+    assert answered == 5
+    path = saved(response, tmp_path)
+    counts = top_counts(go_pprof(["-sample_index=calls", "-nodefraction=0", "-top"], path))
+    assert counts["pyprofiler.hangup.sleep"][0] == 1  # The window's own request: it starts yappi.
+    assert not [name for name in counts if name.startswith("pyprofiler.samplers.goroutines")]
+
+
 def test_pstats_loads_with_every_call(server, tmp_path):
     response, _ = during_window(server, "seconds=2&format=pstats", lambda: make_ticks(TICKS))
     assert response.headers["Content-Disposition"] == 'attachment; filename="calls.pstats"'

@@ -189,6 +189,7 @@ def _run_as_own_thread(thread: threading.Thread) -> None:
     def run_registered() -> None:
         ident = _thread.get_ident()
         _own_thread_started(ident, threading.get_native_id())
+        sys.setprofile(None)  # Put there by threading.setprofile (yappi's, say): not for us.
         try:
             run()
         finally:
