@@ -110,6 +110,78 @@ def spread(values: list[float], fmt: str = ".3f") -> str:
     return f"median {median:{fmt}} (min {low:{fmt}}, max {high:{fmt}})"
 
 
+# A window of a profile that records while it is open (a /calls or /trace window): opening it
+# returns the function that closes it and says how much it recorded.
+OpenWindow = Callable[[], Callable[[], int]]
+
+
+@dataclass
+class WindowBlock:
+    measured: bool
+    seconds: float
+    others: float  # CPUs that other processes used meanwhile.
+    recorded: int  # What the window recorded (calls, events).
+
+
+def window_block(
+    measured: bool, work: Callable[[], object], open_window: OpenWindow, after: bool
+) -> WindowBlock:
+    """`work` timed; `measured`: inside a window, or just after one has ended if `after`.
+    Reading what the window recorded happens after the timing."""
+    if measured and after:
+        open_window()()
+    close = open_window() if measured and not after else None
+    machine = MachineLoad()
+    start = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - start
+    others = machine.others()
+    return WindowBlock(measured, seconds, others, close() if close is not None else 0)
+
+
+def measure_window(
+    pairs: int, work: Callable[[], object], open_window: OpenWindow, after: bool = False
+) -> Pairs:
+    """`pairs` ABBA pairs of window_block, after one unmeasured block of each kind."""
+    window_block(False, work, open_window, after)
+    window_block(True, work, open_window, after)
+    blocks = [window_block(measured, work, open_window, after) for measured in abba(pairs)]
+    return Pairs.of(blocks, lambda block: block.measured)
+
+
+def report_window(label: str, pairs: Pairs, recorded: str, bar: float | None = None) -> None:
+    """The slowdown of blocks in (or after) a window, with `bar` as the highest it may be."""
+    ratios = pairs.ratios(lambda block: block.seconds)
+    passed = None if bar is None else statistics.median(ratios) <= bar
+    figure(f"{label} slowdown", spread(ratios, ".3f"), f"<= {bar}" if bar else "", passed)
+    figure(f"{label} pairs used", f"{len(pairs.kept)} of {pairs.total} ({pairs.quiet} quiet)")
+    rates = [block.recorded / block.seconds for block in pairs.measured()]
+    if any(rates):
+        figure(f"{label} {recorded} per second", f"median {statistics.median(rates):,.0f}")
+
+
+def calls_for_a_block(function: Callable[[int], object], block_seconds: float) -> int:
+    """How many calls of `function(count)`'s loop take about `block_seconds` unprofiled."""
+    count = 1000
+    while True:
+        start = time.perf_counter()
+        function(count)
+        if time.perf_counter() - start >= block_seconds / 4:
+            break
+        count *= 2
+    return round(count * block_seconds / (time.perf_counter() - start))
+
+
+def small(value: int) -> int:
+    return value + 1
+
+
+def call_heavy(count: int) -> None:
+    """A call-heavy loop: a one-line function called `count` times."""
+    for i in range(count):
+        small(i)
+
+
 class QuietHandler(WSGIRequestHandler):
     # An access log line per request would cost the server more than the profiler does.
     def log_request(self, *args: object, **kwargs: object) -> None:

@@ -20,60 +20,31 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import threading
-import time
-from dataclasses import dataclass
 from typing import Callable
 
-from common import MachineLoad, Pairs, abba, figure, spread
+from common import call_heavy, calls_for_a_block, measure_window, report_window
 from overhead import calibrate
 from workloads import Crowd, Split
 
 from pyprofiler.samplers import trace
 
-
-@dataclass
-class Block:
-    measured: bool
-    seconds: float
-    others: float  # CPUs that other processes used meanwhile.
-    events: int
+EVENTS = "events recorded"
 
 
-def run_block(measured: bool, work: Callable[[], object], mode: str | None) -> Block:
-    """`work` timed; `measured`: in a trace window of `mode`, or just after one if None."""
-    if measured and mode is None:
-        trace.open_trace("sampled").close()
-    window = trace.open_trace(mode) if measured and mode is not None else None
-    machine = MachineLoad()
-    start = time.perf_counter()
-    work()
-    seconds = time.perf_counter() - start
-    others = machine.others()
-    events = 0
-    if window is not None:
-        records = window.close()
-        events = len(records.slices) + 2 * len(records.tasks) + records.dropped
-    return Block(measured, seconds, others, events)
+def trace_window(mode: str) -> Callable[[], Callable[[], int]]:
+    """Opens a trace window of `mode` (what /trace opens); closing it counts its events."""
 
+    def open_window() -> Callable[[], int]:
+        window = trace.open_trace(mode)
 
-def measure(pairs: int, work: Callable[[], object], mode: str | None) -> Pairs:
-    run_block(False, work, mode)  # Warming up.
-    run_block(True, work, mode)
-    blocks = [run_block(measured, work, mode) for measured in abba(pairs)]
-    return Pairs.of(blocks, lambda block: block.measured)
+        def close() -> int:
+            records = window.close()
+            return len(records.slices) + 2 * len(records.tasks) + records.dropped
 
+        return close
 
-def report(label: str, pairs: Pairs, bar: float | None = None) -> None:
-    ratios = pairs.ratios(lambda block: block.seconds)
-    median = statistics.median(ratios)
-    passed = None if bar is None else median <= bar
-    figure(f"{label} slowdown", spread(ratios, ".3f"), f"<= {bar}" if bar else "", passed)
-    figure(f"{label} pairs used", f"{len(pairs.kept)} of {pairs.total} ({pairs.quiet} quiet)")
-    events = [block.events / block.seconds for block in pairs.measured()]
-    if any(events):
-        figure(f"{label} events recorded per second", f"median {statistics.median(events):,.0f}")
+    return open_window
 
 
 def in_new_thread(work: Callable[[], object]) -> Callable[[], None]:
@@ -83,15 +54,6 @@ def in_new_thread(work: Callable[[], object]) -> Callable[[], None]:
         thread.join()
 
     return run
-
-
-def small(value: int) -> int:
-    return value + 1
-
-
-def call_heavy(count: int) -> None:
-    for i in range(count):
-        small(i)
 
 
 def main() -> None:
@@ -107,24 +69,22 @@ def main() -> None:
         rounds = calibrate(crowd, block_seconds)
         work = lambda: crowd.run(rounds)  # noqa: E731
         print("(a) one CPU-bound thread, ~70/30 between hot_major and hot_minor, 20 frames deep")
-        report("(a) sampled trace", measure(pairs, work, "sampled"), bar=1.05)
-        report("(a) after a trace window", measure(pairs, work, None), bar=1.01)
+        sampled = trace_window("sampled")
+        report_window("(a) sampled trace", measure_window(pairs, work, sampled), EVENTS, 1.05)
+        after = measure_window(pairs, work, sampled, after=True)
+        report_window("(a) after a trace window", after, EVENTS, 1.01)
     finally:
         crowd.close()
 
     fresh = in_new_thread(lambda: Split(threading.Event()).run(rounds))
-    report("(a) mode=calls, a thread of the window", measure(pairs, fresh, "calls"))
-    count = 1000
-    while True:  # Calls that take about a block untraced.
-        start = time.perf_counter()
-        call_heavy(count)
-        if time.perf_counter() - start >= block_seconds / 4:
-            break
-        count *= 2
-    count = round(count * block_seconds / (time.perf_counter() - start))
+    calls_mode = trace_window("calls")
+    report_window(
+        "(a) mode=calls, a thread of the window", measure_window(pairs, fresh, calls_mode), EVENTS
+    )
+    count = calls_for_a_block(call_heavy, block_seconds)
     print(f"(c) one thread calling a one-line function, {count:,} calls a block")
     heavy = in_new_thread(lambda: call_heavy(count))
-    report("(c) mode=calls", measure(pairs, heavy, "calls"))
+    report_window("(c) mode=calls", measure_window(pairs, heavy, calls_mode), EVENTS)
 
 
 if __name__ == "__main__":

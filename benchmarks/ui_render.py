@@ -42,8 +42,9 @@ from pathlib import Path
 
 from pyprofiler._proto import profile_pb2
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import CHROMEDRIVER, CHROMIUM, click_frame, headless_chromium  # noqa: E402
+
 FIRST_PAINT_BAR_MS = 1000
 ZOOM_BAR_MS = 100
 LOAD_TIMEOUT = 120
@@ -180,42 +181,6 @@ def offline_viewer(path: Path, log: Path):
         process.stdout.close()
 
 
-@contextlib.contextmanager
-def chromium(profile_dir: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile_dir}",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-        "--disable-domain-reliability",
-        "--disable-client-side-phishing-detection",
-        "--disable-default-apps",
-        "--no-default-browser-check",
-        "--password-store=basic",
-        "--window-size=1400,1000",
-        "--force-device-scale-factor=1",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_script_timeout(60)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def ui(driver, expression: str, *args):
     return driver.execute_script(f"return window.pyprofilerUI.{expression};", *args)
 
@@ -244,33 +209,6 @@ def wide_frame(driver, zoomed_out_width: float) -> dict:
         if 0.05 * zoomed_out_width <= f["w"] <= 0.3 * zoomed_out_width
     ]
     return max(candidates, key=lambda f: f["w"])
-
-
-def click_with_pointer(driver, frame: dict) -> None:
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    canvas = driver.find_element("css selector", "#flame")
-    geometry = driver.execute_script(
-        """
-        const [canvas, fy] = arguments;
-        let r = canvas.getBoundingClientRect();
-        const y = r.top + fy;
-        if (y < 0 || y > window.innerHeight) {
-            window.scrollBy(0, y - window.innerHeight / 2);
-            r = canvas.getBoundingClientRect();
-        }
-        const left = Math.max(r.left, 0), right = Math.min(r.right, window.innerWidth);
-        const top = Math.max(r.top, 0), bottom = Math.min(r.bottom, window.innerHeight);
-        return {left: r.left, top: r.top, cx: (left + right) / 2, cy: (top + bottom) / 2};
-        """,
-        canvas,
-        frame["y"] + frame["h"] / 2,
-    )
-    x = geometry["left"] + frame["x"] + frame["w"] / 2 - geometry["cx"]
-    y = geometry["top"] + frame["y"] + frame["h"] / 2 - geometry["cy"]
-    # duration=0: no 250 ms pointer glide before the click.
-    actions = ActionChains(driver, duration=0)
-    actions.move_to_element_with_offset(canvas, int(x), int(y)).click().perform()
 
 
 DISPATCHED_CLICK = """
@@ -326,7 +264,7 @@ def one_run(driver, url: str, screenshots: Path | None) -> dict:
     # A real pointer click.
     frame = wide_frame(driver, width)
     start = time.perf_counter()
-    click_with_pointer(driver, frame)
+    click_frame(driver, frame)
     wait(
         driver,
         lambda: (ui(driver, "state().zoom") or [None])[-1] == frame["name"],
@@ -392,7 +330,8 @@ def main() -> int:
         if args.keep:
             shutil.copyfile(path, args.keep)
         runs = []
-        with offline_viewer(path, work / "viewer.log") as url, chromium(work / "chromium") as d:
+        viewer = offline_viewer(path, work / "viewer.log")
+        with viewer as url, headless_chromium(work / "chromium") as d:
             for run in range(args.runs):
                 figures = one_run(d, url, args.screenshots if run == 0 else None)
                 runs.append(figures)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import go_pprof, headless_chromium, read_line, top_table
+from support import click_frame, go_pprof, headless_chromium, read_line, top_table
 
 pytestmark = pytest.mark.browser
 
@@ -218,39 +218,6 @@ def canvas_width(driver) -> float:
     return driver.execute_script(
         "return document.getElementById('flame').getBoundingClientRect().width"
     )
-
-
-def click_frame(driver, frame: dict) -> None:
-    """Click the centre of a drawn frame with a real pointer (ActionChains), as a user does.
-
-    Selenium 4 takes the offset from the element's in-view centre, so the frame is scrolled
-    into view first and the offset computed from the canvas's visible part."""
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    canvas = driver.find_element("css selector", "#flame")
-    geometry = driver.execute_script(
-        """
-        const [canvas, fx, fy] = arguments;
-        let r = canvas.getBoundingClientRect();
-        const y = r.top + fy;
-        if (y < 0 || y > window.innerHeight) {
-            window.scrollBy(0, y - window.innerHeight / 2);
-            r = canvas.getBoundingClientRect();
-        }
-        const left = Math.max(r.left, 0), right = Math.min(r.right, window.innerWidth);
-        const top = Math.max(r.top, 0), bottom = Math.min(r.bottom, window.innerHeight);
-        return {left: r.left, top: r.top, cx: (left + right) / 2, cy: (top + bottom) / 2};
-        """,
-        canvas,
-        frame["x"] + frame["w"] / 2,
-        frame["y"] + frame["h"] / 2,
-    )
-    target_x = geometry["left"] + frame["x"] + frame["w"] / 2
-    target_y = geometry["top"] + frame["y"] + frame["h"] / 2
-    # duration=0: no 250 ms pointer glide before the click.
-    ActionChains(driver, duration=0).move_to_element_with_offset(
-        canvas, int(target_x - geometry["cx"]), int(target_y - geometry["cy"])
-    ).click().perform()
 
 
 def search_for(driver, text: str) -> float:
