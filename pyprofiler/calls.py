@@ -33,7 +33,7 @@ class CallProfile(registry.Profile):
         "pstats/snakeviz or KCachegrind."
     )
     timed = True
-    lists_threads = True
+    sees_own_threads = True
     options = {"clock": calls.CLOCKS, "format": FORMATS}
     default_seconds = DEFAULT_SECONDS
 

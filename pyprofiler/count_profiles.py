@@ -81,7 +81,7 @@ class CountProfile(registry.Profile):
 class GoroutineProfile(CountProfile):
     name = "goroutine"
     pauses_gc = True  # Tens of thousands of tasks: see stalls.
-    lists_threads = True
+    sees_own_threads = True
     description = (
         "Stack traces of all current goroutines. Use debug=2 as a query parameter to export in "
         "the same format as an unrecovered panic."
@@ -132,7 +132,7 @@ class GoroutineProfile(CountProfile):
 class ThreadCreateProfile(CountProfile):
     name = "threadcreate"
     description = "Stack traces that led to the creation of new OS threads"
-    lists_threads = True
+    sees_own_threads = True
 
     def count(self) -> int:
         return sum(count for _, count in creation.threadcreate_entries(include_self=False))

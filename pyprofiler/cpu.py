@@ -217,7 +217,7 @@ class TimedProfile(registry.Profile):
     kind = ""
     title = ""
 
-    lists_threads = True
+    sees_own_threads = True
 
     def snapshot(self, seconds: float | None = None, include_self: bool = False) -> Snapshot:
         window = open_window(self.kind, exclusive=False, include_self=include_self)

@@ -68,15 +68,16 @@ def _scaled(count: int, nbytes: int, rate: int) -> tuple[int, int]:
     return round(count * scale), round(nbytes * scale)
 
 
-def records() -> list[HeapRecord]:
-    """The recorded buckets with named frames and raw counts."""
-    return heap_recorder.records()
+def records(include_self: bool = False) -> list[HeapRecord]:
+    """The recorded buckets with named frames and raw counts (what pyprofiler's own threads
+    allocated only if `include_self`)."""
+    return [r for r in heap_recorder.records() if include_self or not r.own]
 
 
-def _sampled_snapshot(default_sample_type: str) -> Snapshot:
+def _sampled_snapshot(default_sample_type: str, include_self: bool) -> Snapshot:
     rate = heap_recorder.get_rate()
     samples = []
-    for record in records():
+    for record in records(include_self):
         alloc = _scaled(record.allocs, record.alloc_bytes, rate)
         inuse = _scaled(record.allocs - record.frees, record.alloc_bytes - record.free_bytes, rate)
         size = record.alloc_bytes // record.allocs if record.allocs else 0
@@ -159,6 +160,7 @@ class HeapProfile(registry.Profile):
         "parameter to run GC before taking the heap sample."
     )
     supports_delta = True
+    sees_own_threads = True
     default_sample_type = "inuse_space"
 
     def __init__(self) -> None:
@@ -172,18 +174,18 @@ class HeapProfile(registry.Profile):
     def count(self) -> int:
         return heap_recorder.record_count()
 
-    def snapshot(self, seconds: float | None = None) -> Snapshot:
+    def snapshot(self, seconds: float | None = None, include_self: bool = False) -> Snapshot:
         if not heap_recorder.sees_frees:
             return _live_snapshot()
-        return _sampled_snapshot(self.default_sample_type)
+        return _sampled_snapshot(self.default_sample_type, include_self)
 
-    def text(self, debug: int) -> list[str]:
+    def text(self, debug: int, include_self: bool = False) -> list[str]:
         if not heap_recorder.sees_frees:
             raise ProfileUnavailableError(
                 f"the debug=1 heap text needs pyprofiler's native extension, which "
                 f"{heap_recorder.unavailable_reason}"
             )
-        return [heap_text(records(), heap_recorder.get_rate(), memstats())]
+        return [heap_text(records(include_self), heap_recorder.get_rate(), memstats())]
 
 
 class AllocsProfile(HeapProfile):
@@ -197,13 +199,13 @@ class AllocsProfile(HeapProfile):
                 f" (unavailable: the native extension {heap_recorder.unavailable_reason})"
             )
 
-    def snapshot(self, seconds: float | None = None) -> Snapshot:
+    def snapshot(self, seconds: float | None = None, include_self: bool = False) -> Snapshot:
         if not heap_recorder.sees_frees:
             raise ProfileUnavailableError(
                 f"the allocs profile needs pyprofiler's native extension, which "
                 f"{heap_recorder.unavailable_reason}; tracemalloc cannot see freed allocations"
             )
-        return _sampled_snapshot(self.default_sample_type)
+        return _sampled_snapshot(self.default_sample_type, include_self)
 
 
 def write_heap_profile(file: IO[bytes]) -> None:

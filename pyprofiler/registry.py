@@ -38,9 +38,10 @@ class Profile:
     supports_delta: bool = False  # Go's `?seconds=N` on an instant profile.
     # Profiles that can be very large are built with the cyclic GC paused (see stalls).
     pauses_gc: bool = False
-    # A profile of threads (CPU, wall, goroutine, threadcreate): pyprofiler's own threads are
-    # left out unless asked for (`include_self`), and its snapshot() and text() take that.
-    lists_threads: bool = False
+    # A profile that sees pyprofiler's own threads (CPU, wall, goroutine, threadcreate; what
+    # they allocate in heap and allocs): they are left out unless asked for (`include_self`),
+    # and its snapshot() and text() take that.
+    sees_own_threads: bool = False
     # A timed profile's choices besides its duration, as query parameters: each one's values,
     # its default first. The HTTP layer refuses others; write_to gets the values chosen.
     options: Mapping[str, tuple[str, ...]] = {}
@@ -59,12 +60,12 @@ class Profile:
         raise NotImplementedError
 
     def _snapshot(self, seconds: float | None, include_self: bool) -> Snapshot:
-        if self.lists_threads:
+        if self.sees_own_threads:
             return self.snapshot(seconds, include_self=include_self)  # type: ignore[call-arg]
         return self.snapshot(seconds)
 
     def _text(self, debug: int, include_self: bool) -> Iterable[str]:
-        if self.lists_threads:
+        if self.sees_own_threads:
             return self.text(debug, include_self=include_self)  # type: ignore[call-arg]
         return self.text(debug)
 

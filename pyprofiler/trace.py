@@ -30,7 +30,7 @@ class TraceProfile(registry.Profile):
         "You can specify the duration in the seconds GET parameter (1 by default)."
     )
     timed = True
-    lists_threads = True
+    sees_own_threads = True
     options = {"mode": MODES}
     default_seconds = DEFAULT_SECONDS
     activity = "tracing"

@@ -274,6 +274,24 @@ def test_sample_types_period_and_labels(server, mem_rate, name, default):
     del kept
 
 
+def test_pyprofilers_own_threads_allocations_only_with_include_self(server, mem_rate):
+    """Building a profile allocates; pyprofiler's request threads do that, and the program's
+    heap and allocs profiles leave it out unless include_self=1 (as the CPU profile does)."""
+    mem_rate(4096)
+    for _ in range(3):
+        assert get(server, "allocs").status_code == 200
+
+    def builders(rows: list) -> list[str]:
+        return [name for name, _, _ in rows if name.startswith("pyprofiler.proto.")]
+
+    for name in ("heap", "allocs"):
+        assert not builders(top(server.url + name, "alloc_objects")[1])
+        assert builders(top(server.url + f"{name}?include_self=1", "alloc_objects")[1])
+    text = get(server, "heap?debug=1&include_self=1").text
+    assert "pyprofiler.proto." in text
+    assert "pyprofiler.proto." not in get(server, "heap?debug=1").text
+
+
 def test_gc_parameter(server, mem_rate):
     mem_rate(64 * 1024)
     collections = gc.get_stats()[2]["collections"]

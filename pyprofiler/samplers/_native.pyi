@@ -38,10 +38,11 @@ def set_rate(rate: int, /) -> int:
     previous rate."""
 
 def get_rate() -> int: ...
-def buckets() -> list[tuple[_RawStack | None | Literal["retired"], int, int, int, int, int]]:
-    """Sampled allocations as (frames, allocs, frees, alloc_bytes, free_bytes, labels): frames
-    None for the overflow bucket, "retired" for the summed counts of retired buckets; labels the
-    address of the label set in force where they were sampled, or 0."""
+def buckets() -> list[tuple[_RawStack | None | Literal["retired"], int, int, int, int, int, int]]:
+    """Sampled allocations as (frames, allocs, frees, alloc_bytes, free_bytes, labels, own):
+    frames None for the overflow bucket, "retired" for the summed counts of retired buckets;
+    labels the address of the label set in force where they were sampled, or 0; own 1 for
+    what pyprofiler's own threads (set_own_threads) allocated."""
 
 def stats() -> dict[str, int | str]:
     """The heap sampler's own counters."""

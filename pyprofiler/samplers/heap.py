@@ -18,6 +18,7 @@ class HeapRecord(NamedTuple):
     alloc_bytes: int
     free_bytes: int
     labels: tuple[tuple[str, str], ...] = ()  # The labels in force where it was sampled.
+    own: bool = False  # Allocated by one of pyprofiler's own threads.
 
 
 class HeapBackend(Protocol):

@@ -35,7 +35,7 @@ class NativeHeap:
     def records(self) -> list[HeapRecord]:
         namer = FrameNamer()
         result = []
-        for frames, allocs, frees, alloc_bytes, free_bytes, label_set in native.buckets():
+        for frames, allocs, frees, alloc_bytes, free_bytes, label_set, own in native.buckets():
             if frames is None:
                 named: tuple[Frame, ...] = (OVERFLOW,)
             elif frames == "retired":
@@ -45,7 +45,8 @@ class NativeHeap:
             else:
                 named = namer.stack(frames)
             labels = labelsets.resolve(label_set)
-            result.append(HeapRecord(named, allocs, frees, alloc_bytes, free_bytes, labels))
+            record = HeapRecord(named, allocs, frees, alloc_bytes, free_bytes, labels, bool(own))
+            result.append(record)
         return result
 
     def record_count(self) -> int:

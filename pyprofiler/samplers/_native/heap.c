@@ -33,9 +33,13 @@
 #include "contextread.h"
 #include "frames.h"
 #include "limits.h"
+#include "ownthreads.h"
 #include "random.h"
 
 #define BUCKET_SLOTS (PPF_HEAP_MAX_BUCKETS * 2)
+/* The label set of what pyprofiler's own threads allocate: no set's address, so that their
+ * buckets stay apart from the program's, which its profiles show alone (heap_native.py). */
+#define OWN_THREAD_LABELS ((uintptr_t)1)
 #define MAX_TRACKED (1 << 20)        /* live sampled blocks */
 #define MIN_TRACKED_SLOTS 4096
 #define FILTER_BITS 15               /* counters in the filter of tracked addresses */
@@ -488,7 +492,10 @@ sample(void *ptr, size_t size)
     int truncated = 0;
     int depth = ppf_capture_stack(frames, PPF_HEAP_MAX_DEPTH, &truncated);
     truncated_stacks += truncated;
-    uint32_t bucket = find_bucket(frames, depth, size, ppf_context_value_here());
+    uintptr_t labels = ppf_own_thread(PyThread_get_thread_ident(), 0) > 0
+                           ? OWN_THREAD_LABELS
+                           : ppf_context_value_here();
+    uint32_t bucket = find_bucket(frames, depth, size, labels);
     bucket_t *b = buckets[bucket];
     b->last_sample = samples_taken;
     b->allocs++;
@@ -764,9 +771,9 @@ ppf_heap_get_rate(PyObject *module, PyObject *unused)
     return PyLong_FromSsize_t(rate);
 }
 
-/* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes, labels); frames is
- * a tuple of (code, line), leaf first, and labels the address of the label set in force (0:
- * none). The overflow bucket is the one with frames None, and the counts of retired buckets,
+/* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes, labels, own);
+ * frames is a tuple of (code, line), leaf first, labels the address of the label set in force
+ * (0: none), own 1 for what pyprofiler's own threads allocated. The overflow bucket is the one with frames None, and the counts of retired buckets,
  * summed, the one with frames "retired". */
 PyObject *
 ppf_heap_buckets(PyObject *module, PyObject *unused)
@@ -807,12 +814,14 @@ ppf_heap_buckets(PyObject *module, PyObject *unused)
             continue;
         }
         PyObject *frames = i == 0 ? Py_NewRef(Py_None) : ppf_stack_tuple(b->frames, b->depth);
+        int own = b->labels == OWN_THREAD_LABELS;
         PyObject *item =
             frames == NULL
                 ? NULL
-                : Py_BuildValue("(NKKKKK)", frames, (unsigned long long)counts[i][0],
+                : Py_BuildValue("(NKKKKKi)", frames, (unsigned long long)counts[i][0],
                                 (unsigned long long)counts[i][1], (unsigned long long)counts[i][2],
-                                (unsigned long long)counts[i][3], (unsigned long long)b->labels);
+                                (unsigned long long)counts[i][3],
+                                (unsigned long long)(own ? 0 : b->labels), own);
         if (item == NULL || PyList_Append(result, item) < 0) {
             Py_XDECREF(item);
             Py_CLEAR(result);
@@ -824,10 +833,10 @@ ppf_heap_buckets(PyObject *module, PyObject *unused)
     PyMem_RawFree(copy);
     PyMem_RawFree(counts);
     if (result != NULL && retired[0] > 0) {
-        PyObject *item = Py_BuildValue("(sKKKKi)", "retired", (unsigned long long)retired[0],
+        PyObject *item = Py_BuildValue("(sKKKKii)", "retired", (unsigned long long)retired[0],
                                        (unsigned long long)retired[1],
                                        (unsigned long long)retired[2],
-                                       (unsigned long long)retired[3], 0);
+                                       (unsigned long long)retired[3], 0, 0);
         if (item == NULL || PyList_Append(result, item) < 0) {
             Py_CLEAR(result);
         }

@@ -4,6 +4,7 @@
  * file only lists them, adds the types and the shared limits, and holds the one fork entry.
  * Nothing includes this file or calls into it, so that the parts' headers form a DAG:
  *   compat.h limits.h random.h gil.h (no dependencies of ours)
+ *   ownthreads.h                     (pyprofiler's own threads, read without the GIL)
  *   frames.h stackread.h             (the current thread's stack; any thread's, without the GIL)
  *   contextread.h                    (any thread's context variable, over stackread.h)
  *   heap.h locks.h sampler.h         (the recorders, over the above)
@@ -16,6 +17,7 @@
 #include "heap.h"
 #include "limits.h"
 #include "locks.h"
+#include "ownthreads.h"
 #include "random.h"
 #include "sampler.h"
 #include "stackread.h"
@@ -38,7 +40,7 @@ static PyMethodDef methods[] = {
      "Set the mean bytes between samples (0 removes the hooks); returns the previous rate."},
     {"get_rate", ppf_heap_get_rate, METH_NOARGS, "The current mean bytes between samples."},
     {"buckets", ppf_heap_buckets, METH_NOARGS,
-     "Sampled allocations: [(frames, allocs, frees, alloc_bytes, free_bytes)]."},
+     "Sampled allocations: [(frames, allocs, frees, alloc_bytes, free_bytes, labels, own)]."},
     {"stats", ppf_heap_stats, METH_NOARGS, "The sampler's own counters."},
     {"reset", ppf_heap_reset, METH_NOARGS, "Forget every sample."},
     {"frame_stack", ppf_frame_stack, METH_O,
@@ -58,7 +60,7 @@ static PyMethodDef methods[] = {
      "line_of(code, offset): the line at a bytecode offset, as the sampler reads it."},
     {"set_own_threads", ppf_set_own_threads, METH_O,
      "set_own_threads(((ident, tid), ...)): pyprofiler's own threads, which StackSamplers leave "
-     "out unless told otherwise."},
+     "out unless told otherwise and whose allocations the heap recorder marks."},
     {"set_lock_profiling", ppf_set_lock_profiling, METH_VARARGS,
      "set_lock_profiling(block_rate_ns, mutex_fraction, label_lock): what the Lock and RLock "
      "types record, and what labels a new entry (label_lock(lock) -> str, or None not to "

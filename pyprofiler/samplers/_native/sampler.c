@@ -25,7 +25,7 @@
  *
  * pyprofiler's own threads (named pyprofiler-*) are left out, unless a window wants them: they
  * are neither copied nor given a label, so that a server's request threads, one per request,
- * cost the sampler nothing (see "pyprofiler's own threads" below).
+ * cost the sampler nothing (ownthreads.h).
  *
  * The pthread has one PyThreadState, for those pins; it never runs Python code. Every field but
  * the stop flag (under `mutex`) and include_own (atomic) belongs to the pthread while it runs,
@@ -50,6 +50,7 @@
 #include "frames.h"
 #include "gil.h"
 #include "limits.h"
+#include "ownthreads.h"
 #include "procfiles.h"
 #include "random.h"
 #include "stackread.h"
@@ -359,109 +360,6 @@ wake_on_time(void)
 {
     set_slice(SHORTEST_SLICE_NS);
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-}
-
-/* ---- pyprofiler's own threads -------------------------------------------------------------- */
-
-/* The threads named pyprofiler-* (creation.py), as (ident, kernel tid) pairs: published by
- * Python code as each starts and ends, read by every sampler pthread without the GIL. A
- * sequence lock, so that neither side ever waits for the other: the writer (one at a time: it
- * holds the GIL) makes the sequence odd, rewrites the table, makes it even again; a reader that
- * saw it odd, or changed across its read, reads again, a few times at most, and otherwise keeps
- * what it knew. The table is static memory, so a read that overlaps a write may be wrong, which
- * the sequence tells, but never faults. An ident is matched with its tid where both are known:
- * idents are reused as soon as a thread ends, kernel tids only after a wrap of the pid space. */
-#define MAX_OWN_THREADS 4096
-#define OWN_READ_TRIES 8
-
-typedef struct {
-    unsigned long ident;
-    unsigned long tid; /* 0: not known */
-} own_thread_t;
-
-static own_thread_t own_threads[MAX_OWN_THREADS]; /* sorted by ident */
-static uint32_t n_own_threads;
-static uint64_t own_sequence;
-
-/* 1 if the thread is one of pyprofiler's, 0 if not, -1 if the table changed at every try. */
-static int
-own_thread(unsigned long ident, unsigned long tid)
-{
-    for (int tries = 0; tries < OWN_READ_TRIES; tries++) {
-        uint64_t before = __atomic_load_n(&own_sequence, __ATOMIC_ACQUIRE);
-        if (before & 1) {
-            continue;
-        }
-        uint32_t n = __atomic_load_n(&n_own_threads, __ATOMIC_RELAXED);
-        uint32_t low = 0, high = n < MAX_OWN_THREADS ? n : MAX_OWN_THREADS;
-        while (low < high) {
-            uint32_t middle = low + (high - low) / 2;
-            if (__atomic_load_n(&own_threads[middle].ident, __ATOMIC_RELAXED) < ident) {
-                low = middle + 1;
-            }
-            else {
-                high = middle;
-            }
-        }
-        int found = 0;
-        if (low < n && low < MAX_OWN_THREADS &&
-            __atomic_load_n(&own_threads[low].ident, __ATOMIC_RELAXED) == ident) {
-            unsigned long own_tid = __atomic_load_n(&own_threads[low].tid, __ATOMIC_RELAXED);
-            found = own_tid == 0 || tid == 0 || own_tid == tid;
-        }
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&own_sequence, __ATOMIC_RELAXED) == before) {
-            return found;
-        }
-    }
-    return -1;
-}
-
-static int
-compare_own(const void *a, const void *b)
-{
-    unsigned long x = ((const own_thread_t *)a)->ident, y = ((const own_thread_t *)b)->ident;
-    return (x > y) - (x < y);
-}
-
-/* set_own_threads(((ident, tid), ...)): pyprofiler's threads, which samplers leave out from now
- * on unless told otherwise. Beyond MAX_OWN_THREADS, the rest are sampled as the program's (and
- * left out by name when the window ends, if they still run). */
-PyObject *
-ppf_set_own_threads(PyObject *module, PyObject *arg)
-{
-    PyObject *items = PySequence_Fast(arg, "expected a sequence of (ident, tid) pairs");
-    if (items == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
-    own_thread_t *table = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(own_thread_t));
-    if (table == NULL) {
-        Py_DECREF(items);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "kk", &table[i].ident,
-                              &table[i].tid)) {
-            PyMem_Free(table);
-            Py_DECREF(items);
-            return NULL;
-        }
-    }
-    Py_DECREF(items);
-    qsort(table, (size_t)n, sizeof(own_thread_t), compare_own);
-    uint32_t kept = n < MAX_OWN_THREADS ? (uint32_t)n : MAX_OWN_THREADS;
-    uint64_t sequence = __atomic_load_n(&own_sequence, __ATOMIC_RELAXED);
-    __atomic_store_n(&own_sequence, sequence + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    for (uint32_t i = 0; i < kept; i++) {
-        __atomic_store_n(&own_threads[i].ident, table[i].ident, __ATOMIC_RELAXED);
-        __atomic_store_n(&own_threads[i].tid, table[i].tid, __ATOMIC_RELAXED);
-    }
-    __atomic_store_n(&n_own_threads, kept, __ATOMIC_RELAXED);
-    __atomic_store_n(&own_sequence, sequence + 2, __ATOMIC_RELEASE);
-    PyMem_Free(table);
-    Py_RETURN_NONE;
 }
 
 /* ---- the tables --------------------------------------------------------------------------- */
@@ -964,7 +862,7 @@ read_threads(SamplerObject *self, int record)
         if (thread.label >= 0 && thread.label < MAX_LABELS) {
             self->labels[thread.label].tid = thread.tid; /* Learnt since its first sample. */
         }
-        int own = own_thread(copy.ident, thread.tid);
+        int own = ppf_own_thread(copy.ident, thread.tid);
         if (own >= 0) {
             thread.own = own;
         }
@@ -986,7 +884,7 @@ read_threads(SamplerObject *self, int record)
         /* A thread of ours may have registered between the look-up above and the copy of its
          * stack, and be sampled in its own code: asked again now, it is known to be ours (it
          * registers before it runs that code), even if it ends before the next reading. */
-        if (!thread.own && own_thread(copy.ident, thread.tid) > 0) {
+        if (!thread.own && ppf_own_thread(copy.ident, thread.tid) > 0) {
             thread.own = 1;
         }
         if (thread.own) {

@@ -9,7 +9,4 @@
  * the pid that started its thread, and pyprofiler's own threads are published again. */
 int ppf_sampler_init(PyObject *module);
 
-/* The module's function set_own_threads(((ident, tid), ...)). */
-PyObject *ppf_set_own_threads(PyObject *module, PyObject *arg);
-
 #endif
