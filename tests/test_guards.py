@@ -116,7 +116,13 @@ def host_process(**settings):
     try:
         word, port = read_line(process, TIMEOUT).split()
         assert word == "ready"
-        yield Host(process, int(port))
+        try:
+            yield Host(process, int(port))
+        except BaseException:
+            if process.poll() is not None:  # Shown with the failure: why the host is gone.
+                assert process.stderr is not None
+                print(f"the host exited ({process.returncode}):", process.stderr.read()[-3000:])
+            raise
         assert process.stdin is not None
         process.stdin.close()
         process.wait(timeout=TIMEOUT)

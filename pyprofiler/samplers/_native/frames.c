@@ -127,13 +127,15 @@ top_frame(PyThreadState *tstate)
 static int
 entering_its_code(walk_t *f)
 {
+    if (f->owner == FRAME_OWNED_BY_CSTACK) {
+        return 0; /* A C call's entry frame: no code (3.13 holds None in its place). */
+    }
 #  if PY_VERSION_HEX >= 0x030D0000
     PyCodeObject *code = _PyFrame_GetCode(f);
 #  else
     PyCodeObject *code = f->f_code;
 #  endif
-    return f->owner != FRAME_OWNED_BY_CSTACK &&
-           _PyInterpreterFrame_LASTI(f) == code->_co_firsttraceable;
+    return _PyInterpreterFrame_LASTI(f) == code->_co_firsttraceable;
 }
 #endif
 
