@@ -121,9 +121,9 @@ top_frame(PyThreadState *tstate)
 /* Whether a frame stands at the RESUME that starts its code, having run none of it. There the
  * interpreter instruments the code for sys.monitoring the first time it runs after any tool or
  * profile function was ever set (3.12+: the code then owns that memory), and handles its eval
- * breaker. Such allocations are the call's, charged to the call site as the frame's own
- * creation is: a heap bucket naming the code would otherwise hold the code alive, and with it
- * the very block that keeps the bucket in use, so that neither is ever freed or retired. */
+ * breaker. Such allocations are the call's, charged to the call site: a heap bucket naming the
+ * code would otherwise hold the code alive, and with it the very block that keeps the bucket in
+ * use, so that neither is ever freed or retired. */
 static int
 entering_its_code(walk_t *f)
 {

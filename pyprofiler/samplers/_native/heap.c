@@ -773,8 +773,8 @@ ppf_heap_get_rate(PyObject *module, PyObject *unused)
 
 /* The buckets as a list of (frames, allocs, frees, alloc_bytes, free_bytes, labels, own);
  * frames is a tuple of (code, line), leaf first, labels the address of the label set in force
- * (0: none), own 1 for what pyprofiler's own threads allocated. The overflow bucket is the one with frames None, and the counts of retired buckets,
- * summed, the one with frames "retired". */
+ * (0: none), own 1 for what pyprofiler's own threads allocated. The overflow bucket is the one
+ * with frames None, and the counts of retired buckets, summed, the one with frames "retired". */
 PyObject *
 ppf_heap_buckets(PyObject *module, PyObject *unused)
 {
