@@ -430,6 +430,22 @@ def _cpu_at(readings: list[tuple[int, int]], when_ns: int) -> float:
     return before[1] + share * (after[1] - before[1])
 
 
+def _wait_for_whole_ticks(dumps, pid: int, ticks: int) -> None:
+    """Until `ticks` ticks have been written and the last is pruned: the signal that ends the
+    program then falls between two ticks, not between a file's rename and its pruning."""
+    last = DUMPED[-1]  # Written last in each tick.
+    pattern = rf"{last}-\d{{8}}T[\d.]+Z-{pid}\.pb\.gz"
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        present = [p.name for p in dumps.glob(f"{last}-*") if re.fullmatch(pattern, p.name)]
+        seen.update(present)
+        if len(seen) >= ticks and len(present) == 3:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{len(seen)} ticks of {last} in 60 s")
+
+
 @pytest.mark.slow
 def test_periodic_dumps_keep_three_whole_files_that_add_up(tmp_path):
     dumps = tmp_path / "dumps"
@@ -442,7 +458,7 @@ def test_periodic_dumps_keep_three_whole_files_that_add_up(tmp_path):
         poller.start()
         try:
             stdout.wait_for("ready")
-            time.sleep(10.5)
+            _wait_for_whole_ticks(dumps, process.pid, ticks=5)
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == -signal.SIGTERM
         finally:
