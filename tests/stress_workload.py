@@ -1,6 +1,8 @@
 """Stress for the native sampler, run as a script: CPU and wall profiles at 1 kHz, back to back,
 while threads start and exit, recurse to 5 000 frames and back, raise through deep stacks, run
 generators, coroutines and freshly exec'd code, and a server starts a thread per connection.
+Beside them, a wall sampler is cut every few milliseconds, as a trace cuts its own (so that cuts
+often meet a reading that is late).
 
     python tests/stress_workload.py --seconds 600 [--window 5]
 
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import random
 import socket
 import socketserver
 import sys
@@ -25,6 +28,7 @@ import threading
 import time
 
 from pyprofiler.samplers.limits import MAX_STACK_DEPTH as MAX_DEPTH
+from pyprofiler.samplers.native import native
 from pyprofiler.samplers.stack import CpuSampler, WallSampler
 
 RECURSION = 5000
@@ -34,7 +38,9 @@ MODULE = __name__
 # caller -> the functions of this module it calls (directly, or through threading or asyncio).
 CALLS = {
     "main": {"run_profiles"},
-    "run_profiles": set(),
+    "run_profiles": {"profile_for"},
+    "profile_for": set(),
+    "cutting": set(),
     "spawner": {"short_life", "compute"},
     "short_life": {"compute"},
     "recurser": {"deep", "compute"},
@@ -56,8 +62,22 @@ CALLS = {
     "compute": set(),
 }
 # What threading and asyncio run at the bottom of a thread's stack: no caller of ours.
-ROOTS = {"main", "spawner", "recurser", "unwinder", "raiser", "generating", "event_loop",
-         "executing", "handler", "coroutine_chain", "short_life", "serving", "handle"}
+ROOTS = {
+    "main",
+    "cutting",
+    "spawner",
+    "recurser",
+    "unwinder",
+    "raiser",
+    "generating",
+    "event_loop",
+    "executing",
+    "handler",
+    "coroutine_chain",
+    "short_life",
+    "serving",
+    "handle",
+}
 
 
 def compute(n: int = 200) -> int:
@@ -222,10 +242,47 @@ def record(summary: dict, snapshot, stats: dict) -> None:
     summary["max_gil_hold_ns"] = max(summary["max_gil_hold_ns"], stats.get("max_gil_hold_ns", 0))
 
 
+def cutting(stop: threading.Event, summary: dict) -> None:
+    """The trace's sampler (samplers/trace_stacks.py): 1 kHz wall time, cut every 0 to 10 ms."""
+    choose = random.Random(0).choice
+    while not stop.is_set():
+        sampler = native.StackSampler(1000, True)
+        sampler.start()
+        for _ in range(100):
+            time.sleep(choose((0, 0.0005, 0.002, 0.01)))
+            records = sampler.cut()[0]
+            summary["rapid_cuts"] += 1
+            summary["rapid_samples"] += sum(record[6] for record in records)
+        sampler.stop()
+
+
 def run_profiles(seconds: float, window: float) -> dict:
-    """CPU and wall samplers for `window` seconds each, cut into CUTS + 1 windows."""
-    summary = {"profiles": 0, "samples": 0, "wrong": [], "dropped": 0, "unpinned": 0,
-               "torn_readings": 0, "max_gil_hold_ns": 0, "drops_not_in_comments": 0}
+    """CPU and wall samplers for `window` seconds each, cut into CUTS + 1 windows, beside
+    the rapidly cut one."""
+    summary = {
+        "profiles": 0,
+        "samples": 0,
+        "wrong": [],
+        "dropped": 0,
+        "unpinned": 0,
+        "torn_readings": 0,
+        "max_gil_hold_ns": 0,
+        "drops_not_in_comments": 0,
+        "rapid_cuts": 0,
+        "rapid_samples": 0,
+    }
+    stop_cutting = threading.Event()
+    cutter = threading.Thread(target=cutting, args=(stop_cutting, summary), name="cutting")
+    cutter.start()
+    try:
+        profile_for(seconds, window, summary)
+    finally:
+        stop_cutting.set()
+        cutter.join(timeout=30)
+    return summary
+
+
+def profile_for(seconds: float, window: float, summary: dict) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         samplers = [CpuSampler(1000), WallSampler(1000)]
@@ -240,7 +297,6 @@ def run_profiles(seconds: float, window: float) -> dict:
         for sampler in samplers:
             record(summary, sampler.stop(), sampler.stats)
             summary["torn_readings"] += sampler.stats.get("torn_readings", 0)
-    return summary
 
 
 def main() -> None:
@@ -263,6 +319,7 @@ def main() -> None:
         for thread in threads:
             thread.join(timeout=30)
     summary["alive"] = [t.name for t in threads if t.is_alive()]
+    summary["extension"] = native.__file__
     print(json.dumps(summary), flush=True)
 
 

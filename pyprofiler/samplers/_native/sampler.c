@@ -127,6 +127,10 @@ typedef struct {
 
 enum { NEW, RUNNING, STOPPED };
 
+/* A cut's steps: cut() asks for a reading; the pthread takes it and hands the window over; cut()
+ * empties the tables and lets the pthread go on. */
+enum { CUT_NONE, CUT_ASKED, CUT_HANDED_OVER };
+
 typedef struct {
     PyObject_HEAD
     int64_t period_ns;
@@ -139,7 +143,7 @@ typedef struct {
     pthread_cond_t cut_done;
     int stopping;      /* under mutex */
     int include_own;   /* atomic: pyprofiler's own threads are sampled too */
-    int cut_requested; /* under mutex: cut() waits for a reading to end the window at */
+    int cut_state;     /* under mutex: CUT_NONE, CUT_ASKED or CUT_HANDED_OVER */
     int exited;        /* under mutex: the pthread has returned, or is about to */
     int64_t expires_ns; /* under mutex: CLOCK_MONOTONIC instant to end on its own at, or 0 */
     PyInterpreterState *interp;
@@ -1010,15 +1014,20 @@ run(void *arg)
     int expired = 0;
     while (self->tstate != NULL) {
         pthread_mutex_lock(&self->mutex);
+        /* No reading while cut() empties the tables: woken as it ends, this thread could find
+         * its next instant due and start one before cut() has taken the mutex back. */
+        while (self->cut_state == CUT_HANDED_OVER) {
+            pthread_cond_wait(&self->wake, &self->mutex);
+        }
         int64_t wake_at = self->expires_ns != 0 && self->expires_ns < next ? self->expires_ns
                                                                              : next;
         struct timespec deadline = {(time_t)(wake_at / 1000000000),
                                     (long)(wake_at % 1000000000)};
         self->cpu_at_sleep_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-        while (!self->stopping && !self->cut_requested &&
+        while (!self->stopping && self->cut_state != CUT_ASKED &&
                pthread_cond_timedwait(&self->wake, &self->mutex, &deadline) != ETIMEDOUT) {
         }
-        int last = self->stopping, cut = self->cut_requested;
+        int last = self->stopping, cut = self->cut_state == CUT_ASKED;
         expired = !last && !cut && self->expires_ns != 0 &&
                   clock_ns(CLOCK_MONOTONIC) >= self->expires_ns;
         self->exited = expired; /* From here on cut() finds no window to take. */
@@ -1031,9 +1040,8 @@ run(void *arg)
         }
         tick(self);
         if (cut) {
-            /* cut() takes the window while it holds the mutex, so no tick runs meanwhile. */
             pthread_mutex_lock(&self->mutex);
-            self->cut_requested = 0;
+            self->cut_state = CUT_HANDED_OVER;
             pthread_cond_signal(&self->cut_done);
             pthread_mutex_unlock(&self->mutex);
             continue; /* The next instant stays where it was drawn. */
@@ -1137,7 +1145,8 @@ Sampler_start(SamplerObject *self, PyObject *unused)
     read_threads(self, 0);
     find_tids(self, 1);
     self->pid = getpid();
-    self->stopping = self->cut_requested = self->exited = 0;
+    self->stopping = self->exited = 0;
+    self->cut_state = CUT_NONE;
     self->expires_ns = 0;
     Py_INCREF(self); /* The pthread's, released by stop(). */
     int rc = pthread_create(&self->thread, NULL, run, self);
@@ -1264,10 +1273,10 @@ keep_codes_in_entries(SamplerObject *self)
     memset(self->lines, 0, LINE_SLOTS * sizeof(line_slot_t));
 }
 
-/* With the GIL, the pthread kept out by the mutex: empties the table for the next window. The
- * threads' clocks stay as read, so the next window starts where this one ends. Labels of
- * threads that have exited are recycled, and code objects no longer met are released, so that
- * a sampler that runs for days stays within its bounds. */
+/* With the GIL, the pthread held back (CUT_HANDED_OVER) or gone: empties the table for the next
+ * window. The threads' clocks stay as read, so the next window starts where this one ends.
+ * Labels of threads that have exited are recycled, and code objects no longer met are released,
+ * so that a sampler that runs for days stays within its bounds. */
 static void
 start_window(SamplerObject *self)
 {
@@ -1321,18 +1330,19 @@ Sampler_cut(SamplerObject *self, PyObject *unused)
     self->expires_ns = 0;
     expired = self->exited;
     if (!expired) {
-        self->cut_requested = 1;
+        self->cut_state = CUT_ASKED;
         pthread_cond_signal(&self->wake);
-        while (self->cut_requested && !self->exited) {
+        while (self->cut_state == CUT_ASKED && !self->exited) {
             pthread_cond_wait(&self->cut_done, &self->mutex);
         }
-        self->cut_requested = 0;
     }
     Py_END_ALLOW_THREADS /* The GIL, with the mutex held: the pthread waits for it, GIL-less. */
     PyObject *result = expired ? Py_NewRef(Py_None) : window_result(self);
     if (result != NULL && !expired) {
         start_window(self);
     }
+    self->cut_state = CUT_NONE;
+    pthread_cond_signal(&self->wake);
     pthread_mutex_unlock(&self->mutex);
     return result;
 }
