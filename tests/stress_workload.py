@@ -2,7 +2,8 @@
 while threads start and exit, recurse to 5 000 frames and back, raise through deep stacks, run
 generators, coroutines and freshly exec'd code, and a server starts a thread per connection.
 Beside them, a wall sampler is cut every few milliseconds, as a trace cuts its own (so that cuts
-often meet a reading that is late).
+often meet a reading that is late). With --rates, the heap, block and mutex recorders are on too,
+at their finest rates, and their profiles are built as the threads run.
 
     python tests/stress_workload.py --seconds 600 [--window 5]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import itertools
 import json
 import random
@@ -27,12 +29,15 @@ import sys
 import threading
 import time
 
+import pyprofiler
+from pyprofiler import registry
 from pyprofiler.samplers.limits import MAX_STACK_DEPTH as MAX_DEPTH
 from pyprofiler.samplers.native import native
 from pyprofiler.samplers.stack import CpuSampler, WallSampler
 
 RECURSION = 5000
 CUTS = 3  # windows cut from each sampler before it stops (StackSampler.cut)
+RATE_PROFILES = ("heap", "allocs", "block", "mutex")
 MODULE = __name__
 
 # caller -> the functions of this module it calls (directly, or through threading or asyncio).
@@ -256,7 +261,7 @@ def cutting(stop: threading.Event, summary: dict) -> None:
         sampler.stop()
 
 
-def run_profiles(seconds: float, window: float) -> dict:
+def run_profiles(seconds: float, window: float, rates: bool) -> dict:
     """CPU and wall samplers for `window` seconds each, cut into CUTS + 1 windows, beside
     the rapidly cut one."""
     summary = {
@@ -270,19 +275,20 @@ def run_profiles(seconds: float, window: float) -> dict:
         "drops_not_in_comments": 0,
         "rapid_cuts": 0,
         "rapid_samples": 0,
+        "rate_profiles": 0,
     }
     stop_cutting = threading.Event()
     cutter = threading.Thread(target=cutting, args=(stop_cutting, summary), name="cutting")
     cutter.start()
     try:
-        profile_for(seconds, window, summary)
+        profile_for(seconds, window, rates, summary)
     finally:
         stop_cutting.set()
         cutter.join(timeout=30)
     return summary
 
 
-def profile_for(seconds: float, window: float, summary: dict) -> None:
+def profile_for(seconds: float, window: float, rates: bool, summary: dict) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         samplers = [CpuSampler(1000), WallSampler(1000)]
@@ -297,13 +303,21 @@ def profile_for(seconds: float, window: float, summary: dict) -> None:
         for sampler in samplers:
             record(summary, sampler.stop(), sampler.stats)
             summary["torn_readings"] += sampler.stats.get("torn_readings", 0)
+        for name in RATE_PROFILES if rates else ():
+            registry.lookup(name).write_to(io.BytesIO())
+            summary["rate_profiles"] += 1
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--window", type=float, default=5)
+    parser.add_argument("--rates", action="store_true", help="heap, block and mutex recorders on")
     args = parser.parse_args()
+    if args.rates:
+        pyprofiler.set_mem_profile_rate(512)
+        pyprofiler.set_block_profile_rate(1)
+        pyprofiler.set_mutex_profile_fraction(1)
     sys.setrecursionlimit(RECURSION + 1000)
     if sys.version_info < (3, 12):
         threading.stack_size(64 << 20)  # 5 000 Python frames use the C stack before 3.11
@@ -313,7 +327,7 @@ def main() -> None:
     for thread in threads:
         thread.start()
     try:
-        summary = run_profiles(args.seconds, args.window)
+        summary = run_profiles(args.seconds, args.window, args.rates)
     finally:
         stop.set()
         for thread in threads:

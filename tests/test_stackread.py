@@ -122,9 +122,10 @@ def sanitized_package(into: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_stress_touches_no_freed_or_foreign_memory(tmp_path):
-    """The stress above against the extension built with AddressSanitizer: no read or write of
-    memory freed or out of bounds (a cut once emptied the tables while a late reading was
-    filling them, which ended a CI run on 3.9 in glibc's abort)."""
+    """The stress above, the heap, block and mutex recorders on too, against the extension
+    built with AddressSanitizer: no read or write of memory freed or out of bounds (a cut once
+    emptied the sampler's tables while a late reading was filling them, which ended a CI run on
+    3.9 in glibc's abort)."""
     libasan = subprocess.run(
         ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -133,7 +134,7 @@ def test_the_stress_touches_no_freed_or_foreign_memory(tmp_path):
     # Freed memory zeroed: a freed object's count reads 0, as pymalloc and glibc leave it (or a
     # free-list pointer), where AddressSanitizer's own records could pass for a live count.
     env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:max_free_fill_size=65536:free_fill_byte=0"
-    stress = [sys.executable, str(STRESS), "--seconds", "20", "--window", "4"]
+    stress = [sys.executable, str(STRESS), "--seconds", "20", "--window", "4", "--rates"]
     completed = subprocess.run(
         stress, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )
@@ -141,6 +142,7 @@ def test_the_stress_touches_no_freed_or_foreign_memory(tmp_path):
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["extension"].startswith(str(tmp_path)), summary["extension"]
     assert summary["wrong"] == [] and summary["rapid_cuts"] >= 100, summary
+    assert summary["rate_profiles"] >= 2 * 4, summary  # Two rounds of heap, allocs, block, mutex.
 
 
 def short_request() -> int:
