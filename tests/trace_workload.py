@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import sys
 import threading
 import time
@@ -61,6 +62,11 @@ async def run_tasks() -> list[str]:
     return [task.get_name() for task in tasks]
 
 
+def compute_until(done: threading.Event) -> None:
+    while not done.is_set():
+        sum(range(1_000))
+
+
 class Cycle:
     def __init__(self) -> None:
         self.me = self
@@ -99,6 +105,11 @@ class Busy:
         self.timed["tasks"] = asyncio.run(run_tasks())
 
     def run(self) -> dict:
+        # benchmarks/trace_accuracy.py --gil-threads: more threads that want the GIL meanwhile.
+        hungry = int(os.environ.get("TRACE_WORKLOAD_GIL_THREADS", "0"))
+        done = threading.Event()
+        for _ in range(hungry):
+            threading.Thread(target=compute_until, args=(done,), daemon=True).start()
         self._go.set()
         time.sleep(0.1)
         for _ in range(1000):
@@ -106,6 +117,7 @@ class Busy:
         self.timed["collected"] = gc.collect()
         for thread in self.threads:
             thread.join()
+        done.set()
         return self.timed
 
 

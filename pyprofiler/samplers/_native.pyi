@@ -11,8 +11,9 @@ from typing import Any, Final, Literal
 
 _RawStack = tuple[tuple[CodeType, int], ...]
 # (stack or None for the samples of a thread that no longer fit, ident, tid, alive, own,
-# value_ns, count, the address of the label set in force or 0)
-_Record = tuple[_RawStack | None, int, int, bool, bool, int, int, int]
+# value_ns, count, the address of the label set in force or 0, the weight of the first tick
+# (wall: the interval in which the thread's stack became this one)), in the order first met
+_Record = tuple[_RawStack | None, int, int, bool, bool, int, int, int, int]
 # (ident, tid, alive, own, cpu_ns) of a thread never seen on a CPU
 _Unseen = tuple[int, int, bool, bool, int]
 
@@ -143,7 +144,8 @@ class StackSampler:
 
     def cut(self) -> tuple[list[_Record], list[_Unseen], dict[str, int]] | None:
         """The window since start() or the previous cut() as (records, unseen, stats); sampling
-        goes on into a new window. None once the sampler has ended on its own."""
+        goes on into a new window. None once the sampler has ended on its own. stats["reading_ns"]
+        is when the window's last reading was taken (time.monotonic_ns())."""
 
     def expire_after(self, seconds: float, /) -> None:
         """End on its own after `seconds`, discarding what was recorded since the last cut(),

@@ -85,7 +85,7 @@ def _samples(records: list, unseen: list) -> list[Sample]:
 
     namer = FrameNamer()
     samples = []
-    for stack, ident, tid, alive, own, value, count, label_set in records:
+    for stack, ident, tid, alive, own, value, count, label_set, _first in records:
         frames = namer.stack(stack) if stack is not None else (STACK_TABLE_FULL,)
         labels = (("thread", thread_name(ident, tid, alive, own)),) + labelsets.resolve(label_set)
         samples.append(Sample(frames, (count, value), labels))

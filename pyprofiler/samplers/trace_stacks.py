@@ -95,10 +95,9 @@ class StackTimeline:
         sampler, self._sampler = self._sampler, None
         if sampler is None:
             return
-        end_ns = time.monotonic_ns()
-        records = sampler.stop()[0]
+        records, _unseen, _own_cpu_ns, _error, stats = sampler.stop()
         if os.getpid() == self._pid:  # A forked child only lets go of the parent's sampler.
-            self._window(records, end_ns)
+            self._window(records, stats["reading_ns"])
             self._flush()
 
     def finish(self, end_ns: int) -> None:
@@ -114,11 +113,13 @@ class StackTimeline:
                 sampler = self._sampler
                 if sampler is None:
                     break
-                end_ns = time.monotonic_ns()
                 cut = sampler.cut()
                 if cut is None:
                     break
-                self._window(cut[0], end_ns)
+                # The reading's own time: it comes late when the cut finds the sampler waiting
+                # for the GIL, and a window ended at the call would squeeze what the late
+                # reading saw into too short a time.
+                self._window(cut[0], cut[2]["reading_ns"])
         except Exception as exc:  # A recorder switches itself off; it never raises into the host.
             self.error = f"{type(exc).__name__}: {exc}"
 
@@ -127,20 +128,20 @@ class StackTimeline:
         before it, now that what followed it is known."""
         start_ns, self._window_start_ns = self._window_start_ns, end_ns
         window = _Window(start_ns, end_ns)
-        for stack, ident, tid, alive, own, value_ns, count, label_set in records:
+        for stack, ident, tid, alive, own, value_ns, _count, label_set, first_ns in records:
             track = self._track(ident, tid, own, window)
             if stack is None:
                 frames: tuple = (TABLE_FULL,)
             else:
                 frames = tuple(code for code, _line in reversed(stack) if code not in HIDDEN_CODE)
-            # Stacks that differ only in lines are one: slices are by function.
+            # Stacks that differ only in lines are one: slices are by function. Records come in
+            # the order first met, so the first of them holds the merged stack's first tick.
             stacks = window.seen.setdefault(track, {})
             known = stacks.get(frames)
             if known is None:
-                stacks[frames] = [value_ns, count, labelsets.resolve(label_set)]
+                stacks[frames] = [value_ns, labelsets.resolve(label_set), first_ns]
             else:
                 known[0] += value_ns
-                known[1] += count
             if not alive:
                 window.ended.add(track)
         self._threads.learn_unnamed()
@@ -163,7 +164,7 @@ class StackTimeline:
                 del self._open[track]
         for track, stacks in window.seen.items():
             segments = [
-                (frames, value, count, labels) for frames, (value, count, labels) in stacks.items()
+                (frames, value, first, labels) for frames, (value, labels, first) in stacks.items()
             ]
             after = following.seen.get(track) if following is not None else None
             self._lay_out(track, segments, window, list(after) if after else None)
@@ -185,13 +186,11 @@ class StackTimeline:
         that shares most with the previous."""
         opened = self._open.setdefault(track, [])
         total = sum(segment[1] for segment in segments)
-        # Ticks that weigh more than the window lasted (a late cut) are scaled down to fit.
-        scale = min(1.0, (window.end_ns - window.start_ns) / total) if total > 0 else 0.0
         # A thread's ticks weigh the wall time before each: those of a thread running
         # throughout fill the window, those of one that started in it end at its end, and
         # those of one that ended in it start at its start.
         from_start = track in window.ended and track in self._open and bool(opened)
-        at = window.start_ns if from_start else window.end_ns - total * scale
+        at = window.start_ns if from_start else window.end_ns - total
         began_ns = window.began.get(track)
         if began_ns is not None and began_ns < at:
             # A new thread's first stack goes back to its start: on 3.9 and 3.10 the sampler
@@ -209,17 +208,18 @@ class StackTimeline:
         while left or last is not None:
             if left:
                 best = max(range(len(left)), key=lambda i: _continuation(current, left[i]))
-                frames, value, count, labels = left.pop(best)
+                frames, value, first, labels = left.pop(best)
             else:
-                (frames, value, count, labels), last = last, None
-            # A tick weighs the time since the one before, in which the stack changed at an
-            # instant unknown: half-way, on average (ticks are late on a busy machine).
+                (frames, value, first, labels), last = last, None
+            # A tick weighs the time since the one before: the stack became this one at an
+            # instant unknown within its first tick, half-way on average. That tick is long
+            # when the sampler waited for the GIL to pin new code (as threads start and end).
             changed_at = at
-            if current and frames != current and count:
-                changed_at += value * scale / count / 2
+            if current and frames != current:
+                changed_at += first / 2
             self._change(track, frames, round(changed_at), labels)
             current = frames
-            at += value * scale
+            at += value
         self._ended_at = round(at)
 
     def _track(self, ident: int, tid: int, own: bool, window: _Window) -> int:
@@ -289,7 +289,7 @@ class _Window:
     def __init__(self, start_ns: int, end_ns: int) -> None:
         self.start_ns = start_ns
         self.end_ns = end_ns
-        # track -> {frames: [wall ns, ticks, labels]}
+        # track -> {frames: [wall ns, labels, the wall ns of its first tick]}
         self.seen: dict[int, dict[tuple, list]] = {}
         self.ended: set[int] = set()
         self.began: dict[int, int] = {}  # Threads first seen here that started in the trace.
@@ -297,7 +297,7 @@ class _Window:
 
 def _continuation(current: tuple, segment: tuple) -> tuple[int, int, int]:
     """How well `segment` follows a stack: frames shared, then fewest added, then weight."""
-    frames, value, _count, _labels = segment
+    frames, value, _first, _labels = segment
     shared = _shared(current, frames)
     return shared, shared - len(frames), value
 

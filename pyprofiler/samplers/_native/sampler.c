@@ -19,9 +19,10 @@
  *   wall: its stack, weighted by the wall time since the previous tick. A thread whose clock has
  *         not moved since then has not run, so its previous stack is counted again, uncopied.
  * The GIL is taken only to pin code objects met for the first time (they stay referenced until
- * stop(), so their addresses cannot be reused meanwhile) and, on 3.9 and 3.10 where glibc's
- * struct pthread could not be read, to learn a new thread's kernel id. Samples that wait for a
- * pin are held in a small buffer until it is done.
+ * stop(), so their addresses cannot be reused meanwhile), on 3.9 and 3.10 where glibc's
+ * struct pthread could not be read, to learn a new thread's kernel id, and at a cut, to build
+ * the window's result and empty the tables for the next. Samples that wait for a pin are held in
+ * a small buffer until it is done.
  *
  * pyprofiler's own threads (named pyprofiler-*) are left out, unless a window wants them: they
  * are neither copied nor given a label, so that a server's request threads, one per request,
@@ -88,6 +89,7 @@ typedef struct entry {
     uint64_t hash;
     int64_t value;
     int64_t count;
+    int64_t first; /* wall: the weight of its first tick, in which the thread's stack became it */
     int32_t label;
     uintptr_t labels; /* the label set in force (contextread.h), or 0 */
     int depth;        /* OVERFLOW_DEPTH: the thread's samples that no longer fit */
@@ -127,8 +129,10 @@ typedef struct {
 
 enum { NEW, RUNNING, STOPPED };
 
-/* A cut's steps: cut() asks for a reading; the pthread takes it and hands the window over; cut()
- * empties the tables and lets the pthread go on. */
+/* A cut's steps: cut() asks for a reading; the pthread takes it, builds the window's result and
+ * empties the tables, and hands the result over. The pthread does it, with the GIL that it
+ * takes anyway for its pins, so that it never waits for cut() to get the GIL back: readings
+ * stopped meanwhile would leave the trace a gap of that wait, tens of ms on a busy machine. */
 enum { CUT_NONE, CUT_ASKED, CUT_HANDED_OVER };
 
 typedef struct {
@@ -144,6 +148,8 @@ typedef struct {
     int stopping;      /* under mutex */
     int include_own;   /* atomic: pyprofiler's own threads are sampled too */
     int cut_state;     /* under mutex: CUT_NONE, CUT_ASKED or CUT_HANDED_OVER */
+    PyObject *cut_result;  /* under mutex: what the pthread handed over, NULL if it failed */
+    PyObject *cut_error[3]; /* under mutex: the exception it failed with (type, value, tb) */
     int exited;        /* under mutex: the pthread has returned, or is about to */
     int64_t expires_ns; /* under mutex: CLOCK_MONOTONIC instant to end on its own at, or 0 */
     PyInterpreterState *interp;
@@ -572,6 +578,9 @@ count_sample(SamplerObject *self, int depth, int32_t label, uintptr_t labels, in
 {
     entry_t *e = find_entry(self, self->stack, depth, label, labels);
     if (e != NULL) {
+        if (e->count == 0) {
+            e->first = value;
+        }
         e->count++;
         e->value += value;
         self->labels[label].observations++;
@@ -950,19 +959,39 @@ find_tids(SamplerObject *self, int baseline)
 #endif
 }
 
-/* A tick of the pthread: the reading, then, if it met new code objects or threads, a short
- * hold of the GIL to pin them. */
+static PyObject *window_result(SamplerObject *self);
+static void start_window(SamplerObject *self);
+
+/* With the GIL, in the pthread: the window's result for cut(), and the tables emptied. */
 static void
-tick(SamplerObject *self)
+hand_over_window(SamplerObject *self)
+{
+    add_pending(self);
+    PyObject *result = window_result(self);
+    if (result != NULL) {
+        start_window(self);
+    }
+    else {
+        PyErr_Fetch(&self->cut_error[0], &self->cut_error[1], &self->cut_error[2]);
+    }
+    pthread_mutex_lock(&self->mutex);
+    self->cut_result = result;
+    pthread_mutex_unlock(&self->mutex);
+}
+
+/* A tick of the pthread: the reading, then, if it met new code objects or threads, or a cut
+ * wants the window, a short hold of the GIL to pin them and hand the window over. */
+static void
+tick(SamplerObject *self, int cut)
 {
     self->put_on_cpu_ns = 0;
     if (!self->wall) {
         ask_gil_holder_first(self);
     }
     read_threads(self, 1);
-    if (self->n_candidates > 0 || self->need_tids) {
+    if (self->n_candidates > 0 || self->need_tids || cut) {
         if (ppf_finalizing()) { /* Taking the GIL now would end this thread on the spot. */
-            self->n_candidates = 0;
+            self->n_candidates = 0; /* And a cut gets no window (cut_result stays NULL). */
         }
         else {
             /* The default slice while the GIL is held: the end of a short one would let other
@@ -973,6 +1002,9 @@ tick(SamplerObject *self)
             pin_candidates(self);
             find_tids(self, 0);
             int64_t held = clock_ns(CLOCK_MONOTONIC) - start;
+            if (cut) {
+                hand_over_window(self);
+            }
             PyEval_SaveThread();
             set_slice(SHORTEST_SLICE_NS);
             self->gil_takes++;
@@ -994,8 +1026,6 @@ next_instant(SamplerObject *self, int64_t after)
     return after + (int64_t)((0.5 + u) * (double)self->period_ns);
 }
 
-static void start_window(SamplerObject *self);
-
 static void *
 run(void *arg)
 {
@@ -1014,11 +1044,6 @@ run(void *arg)
     int expired = 0;
     while (self->tstate != NULL) {
         pthread_mutex_lock(&self->mutex);
-        /* No reading while cut() empties the tables: woken as it ends, this thread could find
-         * its next instant due and start one before cut() has taken the mutex back. */
-        while (self->cut_state == CUT_HANDED_OVER) {
-            pthread_cond_wait(&self->wake, &self->mutex);
-        }
         int64_t wake_at = self->expires_ns != 0 && self->expires_ns < next ? self->expires_ns
                                                                              : next;
         struct timespec deadline = {(time_t)(wake_at / 1000000000),
@@ -1038,11 +1063,11 @@ run(void *arg)
         if (wake_at != next) {
             continue; /* Woke for an expiry that was put off meanwhile. */
         }
-        tick(self);
+        tick(self, cut);
         if (cut) {
             pthread_mutex_lock(&self->mutex);
             self->cut_state = CUT_HANDED_OVER;
-            pthread_cond_signal(&self->cut_done);
+            pthread_cond_broadcast(&self->cut_done);
             pthread_mutex_unlock(&self->mutex);
             continue; /* The next instant stays where it was drawn. */
         }
@@ -1067,7 +1092,7 @@ run(void *arg)
     ppf_proc_files_close(&self->proc);
     pthread_mutex_lock(&self->mutex);
     self->exited = 1;
-    pthread_cond_signal(&self->cut_done);
+    pthread_cond_broadcast(&self->cut_done);
     pthread_mutex_unlock(&self->mutex);
     return NULL;
 }
@@ -1181,12 +1206,15 @@ append(PyObject *list, PyObject *item)
     return list;
 }
 
-/* The window's samples: ([(stack, ident, tid, alive, own, value_ns, count, labels)], [(ident, tid,
- * alive, own, cpu_ns)], stats). stack is ((code, line), ...) leaf first, or None for the samples
- * of a thread that no longer fit in the table; labels is the address of the label set in force
- * (0: none), which labelsets.resolve() names; alive says whether the thread still ran at the
- * last reading (its ident may since be another's); own, whether it is one of pyprofiler's. The
- * second list: CPU of threads never seen on a CPU. */
+/* The window's samples: ([(stack, ident, tid, alive, own, value_ns, count, labels, first_ns)],
+ * [(ident, tid, alive, own, cpu_ns)], stats), in the order each entry was first met. stack is
+ * ((code, line), ...) leaf first, or None for the samples of a thread that no longer fit in the
+ * table; labels is the address of the label set in force (0: none), which labelsets.resolve()
+ * names; alive says whether the thread still ran at the last reading (its ident may since be
+ * another's); own, whether it is one of pyprofiler's; first_ns (wall), the weight of the entry's
+ * first tick. The second list: CPU of threads never seen on a CPU. stats["reading_ns"] is when the window's last
+ * reading was taken (CLOCK_MONOTONIC): later than cut() was called while the pthread waited for
+ * the GIL, and where the window really ends. */
 static PyObject *
 window_result(SamplerObject *self)
 {
@@ -1205,11 +1233,12 @@ window_result(SamplerObject *self)
         PyObject *thread_alive = alive[e->label] ? Py_True : Py_False;
         PyObject *own = label->own ? Py_True : Py_False;
         records = append(records, stack == NULL ? NULL
-                                                : Py_BuildValue("(NkkOOLLK)", stack, label->ident,
+                                                : Py_BuildValue("(NkkOOLLKL)", stack, label->ident,
                                                                 label->tid, thread_alive, own,
                                                                 (long long)entry_value(self, e),
                                                                 (long long)e->count,
-                                                                (unsigned long long)e->labels));
+                                                                (unsigned long long)e->labels,
+                                                                (long long)e->first));
     }
     for (uint32_t i = 0; !self->wall && unseen != NULL && i <= MAX_LABELS; i++) {
         const label_t *label = &self->labels[i];
@@ -1224,12 +1253,13 @@ window_result(SamplerObject *self)
     PyObject *stats =
         records == NULL || unseen == NULL
             ? NULL
-            : Py_BuildValue("{s:K,s:K,s:K,s:K,s:L,s:I}", "dropped",
+            : Py_BuildValue("{s:K,s:K,s:K,s:K,s:L,s:I,s:L}", "dropped",
                             (unsigned long long)self->dropped, "unpinned",
                             (unsigned long long)self->unpinned, "torn_readings",
                             (unsigned long long)self->torn_readings, "gil_takes",
                             (unsigned long long)self->gil_takes, "max_gil_hold_ns",
-                            (long long)self->max_gil_hold_ns, "code_objects", self->n_codes);
+                            (long long)self->max_gil_hold_ns, "code_objects", self->n_codes,
+                            "reading_ns", (long long)self->last_reading_ns);
     if (stats == NULL) {
         Py_XDECREF(records);
         Py_XDECREF(unseen);
@@ -1324,9 +1354,13 @@ Sampler_cut(SamplerObject *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "the StackSampler is not running");
         return NULL;
     }
-    int expired;
+    int expired, handed_over = 0;
+    PyObject *result = NULL, *error[3] = {NULL, NULL, NULL};
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->mutex);
+    while (self->cut_state != CUT_NONE && !self->exited) { /* Another thread's cut. */
+        pthread_cond_wait(&self->cut_done, &self->mutex);
+    }
     self->expires_ns = 0;
     expired = self->exited;
     if (!expired) {
@@ -1335,15 +1369,31 @@ Sampler_cut(SamplerObject *self, PyObject *unused)
         while (self->cut_state == CUT_ASKED && !self->exited) {
             pthread_cond_wait(&self->cut_done, &self->mutex);
         }
+        handed_over = self->cut_state == CUT_HANDED_OVER;
+        result = self->cut_result;
+        memcpy(error, self->cut_error, sizeof error);
+        self->cut_result = NULL;
+        memset(self->cut_error, 0, sizeof self->cut_error);
+        self->cut_state = CUT_NONE;
+        pthread_cond_broadcast(&self->cut_done);
     }
-    Py_END_ALLOW_THREADS /* The GIL, with the mutex held: the pthread waits for it, GIL-less. */
-    PyObject *result = expired ? Py_NewRef(Py_None) : window_result(self);
-    if (result != NULL && !expired) {
+    pthread_mutex_unlock(&self->mutex);
+    Py_END_ALLOW_THREADS
+    if (handed_over) {
+        if (result == NULL && error[0] == NULL) { /* The interpreter is finalizing. */
+            result = Py_NewRef(Py_None);
+        }
+        PyErr_Restore(error[0], error[1], error[2]);
+        return result;
+    }
+    if (expired) {
+        return Py_NewRef(Py_None);
+    }
+    /* The pthread ended without taking the reading: its tables are this thread's now. */
+    result = window_result(self);
+    if (result != NULL) {
         start_window(self);
     }
-    self->cut_state = CUT_NONE;
-    pthread_cond_signal(&self->wake);
-    pthread_mutex_unlock(&self->mutex);
     return result;
 }
 
