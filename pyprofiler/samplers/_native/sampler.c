@@ -1212,9 +1212,9 @@ append(PyObject *list, PyObject *item)
  * table; labels is the address of the label set in force (0: none), which labelsets.resolve()
  * names; alive says whether the thread still ran at the last reading (its ident may since be
  * another's); own, whether it is one of pyprofiler's; first_ns (wall), the weight of the entry's
- * first tick. The second list: CPU of threads never seen on a CPU. stats["reading_ns"] is when the window's last
- * reading was taken (CLOCK_MONOTONIC): later than cut() was called while the pthread waited for
- * the GIL, and where the window really ends. */
+ * first tick. The second list: CPU of threads never seen on a CPU. stats["reading_ns"] is when
+ * the window's last reading was taken (CLOCK_MONOTONIC): where the window really ends, later
+ * than cut() was called when the pthread was busy. */
 static PyObject *
 window_result(SamplerObject *self)
 {
