@@ -2,9 +2,10 @@
 every profiler on, under HTTP load, scraped by two scrapers for --seconds (10 minutes by
 default), each asking every 15 s for a 14 s CPU profile and for heap, allocs, goroutine, block
 and mutex. Then the throughput with everything on (scrapers included) against everything off,
-twice: in alternating ABBA blocks of one copy of the app on a CPU of its own, and side by side,
-two copies sharing that CPU at once with the roles swapped each phase; and the RSS of the same
-app without pyprofiler under the same load.
+twice: in alternating ABBA blocks of one copy of the app on a CPU of its own, and crossed, two
+copies at once, each on a CPU of its own, with the roles swapped each phase (the load
+generators of that figure are benchmarks/loadgen.go, built with `go build`); and the RSS of the
+same app without pyprofiler under the same load.
 
     python benchmarks/soak.py                   # about 22 minutes
     python benchmarks/soak.py --seconds 120     # a shorter run (the RSS trend needs 10 min)
@@ -24,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -32,7 +34,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import MachineLoad, Pairs, abba, figure, load, process_cpu_seconds, spread  # noqa: E402
+from common import (  # noqa: E402
+    HTTP_CLIENTS,
+    MachineLoad,
+    Pairs,
+    abba,
+    figure,
+    load,
+    process_cpu_seconds,
+    spread,
+)
 
 from pyprofiler import proto  # noqa: E402
 
@@ -80,8 +91,8 @@ class Scraper:
     """Every PERIOD seconds from `offset`: a CPU profile of CPU_SECONDS, and each instant
     profile, each request in a thread of its own as a scraper's jobs are."""
 
-    def __init__(self, pprof: str, offset: float, stop: threading.Event) -> None:
-        self.pprof, self.offset, self.stop = pprof, offset, stop
+    def __init__(self, pprof: str, offset: float, stop: threading.Event, decode: bool) -> None:
+        self.pprof, self.offset, self.stop, self.decode = pprof, offset, stop, decode
         self.ok = 0
         self.failures: list[str] = []
         self._lock = threading.Lock()
@@ -91,7 +102,10 @@ class Scraper:
         try:
             with urllib.request.urlopen(self.pprof + path, timeout=timeout) as response:
                 body = response.read()
-            proto.decode(body)
+            if self.decode:
+                proto.decode(body)
+            elif body[:2] != b"\x1f\x8b":
+                raise ValueError("not a gzipped profile")
             with self._lock:
                 self.ok += 1
         except (OSError, urllib.error.URLError, ValueError) as exc:
@@ -114,8 +128,10 @@ class Scraper:
             thread.join(timeout=60)
 
 
-def scrape(pprof: str, stop: threading.Event) -> tuple[list[Scraper], list[threading.Thread]]:
-    scrapers = [Scraper(pprof, 0.0, stop), Scraper(pprof, 5.0, stop)]
+def scrape(
+    pprof: str, stop: threading.Event, decode: bool = True
+) -> tuple[list[Scraper], list[threading.Thread]]:
+    scrapers = [Scraper(pprof, 0.0, stop, decode), Scraper(pprof, 5.0, stop, decode)]
     threads = [threading.Thread(target=s.run, daemon=True) for s in scrapers]
     for thread in threads:
         thread.start()
@@ -238,6 +254,7 @@ def throughput(pairs: int, block_seconds: float) -> None:
             )
     finally:
         stop_app(process)
+        os.sched_setaffinity(0, cpus)
     kept = Pairs.of(blocks, lambda block: block.profiled)
     ratios = kept.ratios(lambda block: block.rate)
     figure("throughput pairs (quiet)", f"{kept.total} ({kept.quiet})")
@@ -255,37 +272,67 @@ def throughput(pairs: int, block_seconds: float) -> None:
     )
 
 
-def _load_into(result: dict, port: int, seconds: float) -> None:
-    result.update(load(port, seconds))
+class GoLoad:
+    """benchmarks/loadgen.go, built once into a temporary directory: the crossed figure's load
+    generators share the apps' CPUs, where loadgen.py would take a third of each."""
+
+    def __init__(self) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="pyprofiler-loadgen-")
+        self.binary = str(Path(self._directory.name) / "loadgen")
+        source = Path(__file__).with_name("loadgen.go")
+        subprocess.run(["go", "build", "-o", self.binary, str(source)], check=True)
+
+    def run(self, port: int, seconds: float, cpu: int, result: dict) -> None:
+        completed = subprocess.run(
+            ["taskset", "-c", str(cpu), self.binary, f"--port={port}", f"--seconds={seconds}"]
+            + [f"--clients={HTTP_CLIENTS}"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        )
+        result.update(json.loads(completed.stdout))
+        if result["errors"]:
+            print(f"    load generator: {result['errors']} errors, first {result['first_error']}")
+
+    def close(self) -> None:
+        self._directory.cleanup()
 
 
-def side_by_side(phases: int, phase_seconds: float) -> None:
-    """Two copies of the app on one CPU at once, each under its own load generator: one with
-    everything on and scraped, the other off, the roles swapped each phase. Both see the same
-    drift of the machine's speed, which on this VM moves requests/s by up to 20 % between
-    consecutive blocks of the sequential figure. Each copy has half the CPU, so the costs that
-    are fixed in time (the sampler's ticks, building the scraped profiles) weigh twice what they
-    weigh for an app with a CPU of its own: a pessimistic figure."""
+def crossed(phases: int, phase_seconds: float) -> None:
+    """Two copies of the app at once, each on a CPU of its own: one with everything on and
+    scraped, the other off, the roles swapped each phase. Each copy's load generator runs on the
+    other copy's CPU, so the two CPUs carry the same things. Both copies see the same drift of
+    the machine's speed, which on this VM moves requests/s by up to 20 % between consecutive
+    blocks of the ABBA figure; the geometric mean over an even number of phases cancels what
+    differs between the two CPUs. Each app gets the CPU less its neighbour's load generator
+    (~0.87 of it here), so the costs fixed in time (the sampler's ticks, building the scraped
+    profiles) weigh a little more than for an app with a whole CPU. The scrapers read each
+    answer whole without decoding it: decoding is a scraper's work, on another host."""
     cpus = sorted(os.sched_getaffinity(0))
-    pin = [f"--cpu={cpus[0]}"] if len(cpus) > 1 else []
-    apps = [start_app("--new-site-after=1e9", *pin) for _ in range(2)]
-    if pin:
-        os.sched_setaffinity(0, cpus[1:])
+    if len(cpus) < 2:
+        print("    the crossed figure needs two CPUs")
+        return
+    go_load = GoLoad()
+    apps = [start_app("--new-site-after=1e9", f"--cpu={cpu}") for cpu in cpus[:2]]
     ratios, per_cpu = [], []
     try:
-        for _, started in apps:
-            load(started["port"], 5)  # Warm up.
+        for index, (_, started) in enumerate(apps):
+            go_load.run(started["port"], 5, cpus[1 - index], {})  # Warm up.
         for phase in range(phases):
             on = phase % 2
             for index, (process, _) in enumerate(apps):
                 tell(process, "profilers on" if index == on else "profilers off")
             stop = threading.Event()
-            scrapers = scrape(apps[on][1]["pprof"], stop)[1]
+            scrapers = scrape(apps[on][1]["pprof"], stop, decode=False)[1]
             cpu_before = [process_cpu_seconds(process.pid) for process, _ in apps]
             results: list[dict] = [{}, {}]
             loads = [
-                threading.Thread(target=_load_into, args=(result, started["port"], phase_seconds))
-                for result, (_, started) in zip(results, apps)
+                threading.Thread(
+                    target=go_load.run,
+                    args=(started["port"], phase_seconds, cpus[1 - index], results[index]),
+                )
+                for index, (_, started) in enumerate(apps)
             ]
             for thread in loads:
                 thread.start()
@@ -306,15 +353,15 @@ def side_by_side(phases: int, phase_seconds: float) -> None:
     finally:
         for process, _ in apps:
             stop_app(process)
-    # The geometric mean over an even number of phases cancels what differs between the copies.
+        go_load.close()
     figure(
-        "side by side: requests/s, on / off",
+        "crossed: requests/s, on / off",
         f"{statistics.geometric_mean(ratios):.3f} ({spread(ratios)})",
         ">= 0.95",
         statistics.geometric_mean(ratios) >= 0.95,
     )
     figure(
-        "side by side: per app CPU-second, on / off",
+        "crossed: per app CPU-second, on / off",
         f"{statistics.geometric_mean(per_cpu):.3f} ({spread(per_cpu)})",
     )
 
@@ -344,7 +391,7 @@ def main() -> None:
         soak(args.seconds)
         without_profilers(min(args.seconds, 120))
     throughput(args.pairs, args.block_seconds)
-    side_by_side(args.phases, args.phase_seconds)
+    crossed(args.phases, args.phase_seconds)
 
 
 if __name__ == "__main__":
