@@ -10,6 +10,7 @@ same app without pyprofiler under the same load.
     python benchmarks/soak.py                   # about 22 minutes
     python benchmarks/soak.py --seconds 120     # a shorter run (the RSS trend needs 10 min)
     python benchmarks/soak.py --throughput-only # the two throughput figures alone, ~10 minutes
+    python benchmarks/soak.py --split           # the crossed figure of each part, ~25 minutes
 
 Printed: failed scrapes, the app's RSS each minute and its growth over the second half of the
 soak (up to the late allocation site, which keeps 2.5 MB on purpose), the profiler's own
@@ -30,6 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -88,11 +90,15 @@ def rss_bytes(pid: int) -> int:
 
 
 class Scraper:
-    """Every PERIOD seconds from `offset`: a CPU profile of CPU_SECONDS, and each instant
-    profile, each request in a thread of its own as a scraper's jobs are."""
+    """Every PERIOD seconds from `offset`: each of `paths` (by default a CPU profile of
+    CPU_SECONDS and each instant profile), each request in a thread of its own as a scraper's
+    jobs are."""
 
-    def __init__(self, pprof: str, offset: float, stop: threading.Event, decode: bool) -> None:
+    def __init__(
+        self, pprof: str, offset: float, stop: threading.Event, decode: bool, paths: tuple
+    ) -> None:
         self.pprof, self.offset, self.stop, self.decode = pprof, offset, stop, decode
+        self.paths = paths
         self.ok = 0
         self.failures: list[str] = []
         self._lock = threading.Lock()
@@ -116,9 +122,8 @@ class Scraper:
         if self.stop.wait(self.offset):
             return
         while True:
-            jobs = [(f"profile?seconds={CPU_SECONDS}", CPU_SECONDS + 30)]
-            jobs += [(name, 30) for name in INSTANT]
-            for path, timeout in jobs:
+            for path in self.paths:
+                timeout = CPU_SECONDS + 30 if path.startswith("profile") else 30
                 thread = threading.Thread(target=self.fetch, args=(path, timeout), daemon=True)
                 thread.start()
                 self._jobs.append(thread)
@@ -128,10 +133,13 @@ class Scraper:
             thread.join(timeout=60)
 
 
+SCRAPED = (f"profile?seconds={CPU_SECONDS}", *INSTANT)
+
+
 def scrape(
-    pprof: str, stop: threading.Event, decode: bool = True
+    pprof: str, stop: threading.Event, decode: bool = True, paths: tuple = SCRAPED
 ) -> tuple[list[Scraper], list[threading.Thread]]:
-    scrapers = [Scraper(pprof, 0.0, stop, decode), Scraper(pprof, 5.0, stop, decode)]
+    scrapers = [Scraper(pprof, offset, stop, decode, paths) for offset in (0.0, 5.0)]
     threads = [threading.Thread(target=s.run, daemon=True) for s in scrapers]
     for thread in threads:
         thread.start()
@@ -299,7 +307,34 @@ class GoLoad:
         self._directory.cleanup()
 
 
-def crossed(phases: int, phase_seconds: float) -> None:
+@dataclass(frozen=True)
+class Part:
+    """What the crossed figure switches on in one copy: the soak's rates, start_cpu_profile's
+    sampler (no HTTP), and what the scrapers ask for."""
+
+    rates: bool = False
+    cpu_profile: bool = False
+    scraped: tuple = ()
+
+
+EVERYTHING = Part(rates=True, scraped=SCRAPED)
+# --split: what each part costs alone, then everything.
+PARTS = {
+    "the CPU sampler alone (start_cpu_profile, no HTTP)": Part(cpu_profile=True),
+    "CPU profiles scraped, rates 0": Part(scraped=SCRAPED[:1]),
+    "the instant profiles scraped, rates 0": Part(scraped=INSTANT),
+    "the rates alone (heap 512 KiB, block 1, mutex 1)": Part(rates=True),
+    "everything, scraped": EVERYTHING,
+}
+
+
+def switch(process: subprocess.Popen, part: Part, on: bool) -> None:
+    tell(process, "profilers on" if on and part.rates else "profilers off")
+    if part.cpu_profile:
+        tell(process, "cpu profile on" if on else "cpu profile off")
+
+
+def crossed(phases: int, phase_seconds: float, part: Part = EVERYTHING, label: str = "") -> None:
     """Two copies of the app at once, each on a CPU of its own: one with everything on and
     scraped, the other off, the roles swapped each phase. Each copy's load generator runs on the
     other copy's CPU, so the two CPUs carry the same things. Both copies see the same drift of
@@ -313,6 +348,8 @@ def crossed(phases: int, phase_seconds: float) -> None:
     if len(cpus) < 2:
         print("    the crossed figure needs two CPUs")
         return
+    if label:
+        print(label, flush=True)
     go_load = GoLoad()
     apps = [start_app("--new-site-after=1e9", f"--cpu={cpu}") for cpu in cpus[:2]]
     ratios, per_cpu = [], []
@@ -322,9 +359,9 @@ def crossed(phases: int, phase_seconds: float) -> None:
         for phase in range(phases):
             on = phase % 2
             for index, (process, _) in enumerate(apps):
-                tell(process, "profilers on" if index == on else "profilers off")
+                switch(process, part, index == on)
             stop = threading.Event()
-            scrapers = scrape(apps[on][1]["pprof"], stop, decode=False)[1]
+            scrapers = scrape(apps[on][1]["pprof"], stop, False, part.scraped)[1]
             cpu_before = [process_cpu_seconds(process.pid) for process, _ in apps]
             results: list[dict] = [{}, {}]
             loads = [
@@ -342,6 +379,7 @@ def crossed(phases: int, phase_seconds: float) -> None:
             stop.set()
             for thread in scrapers:
                 thread.join(timeout=120)
+            switch(apps[on][0], part, False)
             rate = [result["requests"] / result["seconds"] for result in results]
             ratios.append(rate[on] / rate[1 - on])
             per_cpu.append(ratios[-1] * cpu[1 - on] / cpu[on])
@@ -354,11 +392,12 @@ def crossed(phases: int, phase_seconds: float) -> None:
         for process, _ in apps:
             stop_app(process)
         go_load.close()
+    everything = part == EVERYTHING
     figure(
         "crossed: requests/s, on / off",
         f"{statistics.geometric_mean(ratios):.3f} ({spread(ratios)})",
-        ">= 0.95",
-        statistics.geometric_mean(ratios) >= 0.95,
+        ">= 0.95" if everything else "",
+        statistics.geometric_mean(ratios) >= 0.95 if everything else None,
     )
     figure(
         "crossed: per app CPU-second, on / off",
@@ -385,7 +424,14 @@ def main() -> None:
     parser.add_argument("--phases", type=int, default=8)
     parser.add_argument("--phase-seconds", type=float, default=2 * PERIOD)
     parser.add_argument("--throughput-only", action="store_true")
+    parser.add_argument(
+        "--split", action="store_true", help="the crossed figure of each part alone, nothing else"
+    )
     args = parser.parse_args()
+    if args.split:
+        for label, part in PARTS.items():
+            crossed(args.phases, args.phase_seconds, part, label)
+        return
     if not args.throughput_only:
         print(f"Python {sys.version.split()[0]}, soak {args.seconds:.0f} s", flush=True)
         soak(args.seconds)

@@ -10,7 +10,8 @@ With profilers (the default): pyprofiler serves on a free port with every profil
 Go's default rate, block rate 1, mutex fraction 1). After --new-site-after seconds a thread starts
 keeping memory from a function of its own, `late_allocation_site`: the heap profile must show it
 by name however long the process ran before. Prints one JSON line {"port", "pprof"} and obeys
-stdin lines "profilers on" / "profilers off" (the rates only) and "quit".
+stdin lines "profilers on" / "profilers off" (the rates only), "cpu profile on" / "cpu profile
+off" (start_cpu_profile into memory: the sampler without HTTP) and "quit".
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import io
 import json
 import logging
 import os
@@ -124,6 +126,7 @@ def main() -> None:
 
         pprof = pyprofiler.serve(port=0, block_profile_rate=1, mutex_profile_fraction=1).url
     print(json.dumps({"port": int(server.effective_port), "pprof": pprof}), flush=True)
+    cpu_profiling = False
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":
@@ -136,6 +139,16 @@ def main() -> None:
             pyprofiler.set_block_profile_rate(1 if on else 0)
             pyprofiler.set_mutex_profile_fraction(1 if on else 0)
             print(json.dumps({"profilers": on}), flush=True)
+        if command in ("cpu profile on", "cpu profile off") and pprof is not None:
+            import pyprofiler
+
+            wanted = command == "cpu profile on"
+            if wanted and not cpu_profiling:
+                pyprofiler.start_cpu_profile(io.BytesIO())
+            elif cpu_profiling and not wanted:
+                pyprofiler.stop_cpu_profile()
+            cpu_profiling = wanted
+            print(json.dumps({"cpu profile": wanted}), flush=True)
     stop.set()
     server.close()
 
