@@ -188,12 +188,18 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
-def load(port: int, seconds: float, max_requests: int | None = None) -> dict:
-    """One bounded run of the load generator against 127.0.0.1:port."""
+def load(
+    port: int,
+    seconds: float,
+    max_requests: int | None = None,
+    generator: list[str] | None = None,
+) -> dict:
+    """One bounded run of the load generator against 127.0.0.1:port: loadgen.py, or the command
+    `generator` (which takes the same options and prints the same line)."""
     bound = [f"--max-requests={max_requests}"] if max_requests else []
     completed = subprocess.run(
-        [sys.executable, str(LOADGEN), f"--port={port}", f"--seconds={seconds}"]
-        + [f"--clients={HTTP_CLIENTS}", *bound],
+        (generator or [sys.executable, str(LOADGEN)])
+        + [f"--port={port}", f"--seconds={seconds}", f"--clients={HTTP_CLIENTS}", *bound],
         capture_output=True,
         text=True,
         timeout=seconds + 60,

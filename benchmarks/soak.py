@@ -37,7 +37,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import (  # noqa: E402
-    HTTP_CLIENTS,
     MachineLoad,
     Pairs,
     abba,
@@ -291,17 +290,7 @@ class GoLoad:
         subprocess.run(["go", "build", "-o", self.binary, str(source)], check=True)
 
     def run(self, port: int, seconds: float, cpu: int, result: dict) -> None:
-        completed = subprocess.run(
-            ["taskset", "-c", str(cpu), self.binary, f"--port={port}", f"--seconds={seconds}"]
-            + [f"--clients={HTTP_CLIENTS}"],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=True,
-        )
-        result.update(json.loads(completed.stdout))
-        if result["errors"]:
-            print(f"    load generator: {result['errors']} errors, first {result['first_error']}")
+        result.update(load(port, seconds, generator=["taskset", "-c", str(cpu), self.binary]))
 
     def close(self) -> None:
         self._directory.cleanup()
@@ -379,7 +368,6 @@ def crossed(phases: int, phase_seconds: float, part: Part = EVERYTHING, label: s
             stop.set()
             for thread in scrapers:
                 thread.join(timeout=120)
-            switch(apps[on][0], part, False)
             rate = [result["requests"] / result["seconds"] for result in results]
             ratios.append(rate[on] / rate[1 - on])
             per_cpu.append(ratios[-1] * cpu[1 - on] / cpu[on])
