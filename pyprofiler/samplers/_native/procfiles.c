@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
-static const char *const names[PPF_PROC_FILES] = {"stat", "sched"};
+static const char *const names[PPF_PROC_FILES] = {"stat", "sched", "syscall"};
 
 void
 ppf_proc_files_init(ppf_proc_files_t *files)

@@ -7,10 +7,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Threads whose files stay open at once (two descriptors each): the least recently read go. */
+/* Threads whose files stay open at once (a descriptor per file): the least recently read go. */
 #define PPF_PROC_THREADS 32
 
-enum { PPF_PROC_STAT, PPF_PROC_SCHED, PPF_PROC_FILES };
+enum { PPF_PROC_STAT, PPF_PROC_SCHED, PPF_PROC_SYSCALL, PPF_PROC_FILES };
 
 typedef struct {
     unsigned long tid; /* 0: a free entry */
@@ -30,7 +30,7 @@ void ppf_proc_files_init(ppf_proc_files_t *files);
 /* Closes every file kept open (also in a forked child, which inherited them). */
 void ppf_proc_files_close(ppf_proc_files_t *files);
 
-/* The file (PPF_PROC_STAT, PPF_PROC_SCHED) of thread `tid` of this process, whole, NUL-ended in
+/* The file (PPF_PROC_STAT, PPF_PROC_SCHED, PPF_PROC_SYSCALL) of thread `tid` of this process, whole, NUL-ended in
  * `text`; its length, or -1 (the thread has exited, or /proc cannot be read). */
 ssize_t ppf_proc_read(ppf_proc_files_t *files, unsigned long tid, int file, char *text,
                       size_t size);

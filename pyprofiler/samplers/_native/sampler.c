@@ -11,7 +11,8 @@
  * Each tick, for every thread that runs Python code:
  *   CPU:  its CPU clock is read before and after its stack is copied. A clock that moved across
  *         the copy means the thread was on a CPU at that instant, and so does waiting for the
- *         CPU that the sampler took from it by waking up: the stack is one observation. At
+ *         CPU that the sampler took from it by waking up (for the thread holding the GIL,
+ *         waiting for any CPU): the stack is one observation. At
  *         stop, each thread's observations are scaled to the CPU its clock says it used in the
  *         window, so totals stay exact. The CPU of a thread never seen on a CPU (one that
  *         lived or computed for less than a period or two) is reported apart, stackless: its
@@ -311,9 +312,30 @@ preempted_by_sampler(SamplerObject *self, unsigned long tid)
     return read_preempted_by_sampler(self, tid);
 }
 
+/* Whether a thread of this process is runnable (on a CPU or waiting for one) rather than asleep:
+ * its /proc `syscall` file says "running", or the system call it sleeps in. A third of the cost
+ * of `stat`. -1 where the kernel does not say. */
+static int
+runnable(SamplerObject *self, unsigned long tid)
+{
+    char text[16];
+    if (ppf_proc_read(&self->proc, tid, PPF_PROC_SYSCALL, text, sizeof text) < 0) {
+        return -1;
+    }
+    if (strncmp(text, "running", 7) == 0) {
+        return 1;
+    }
+    return (text[0] >= '0' && text[0] <= '9') || text[0] == '-' ? 0 : -1;
+}
+
 /* The thread that waking took the CPU from is most often the one running Python code, which
  * holds the GIL: asked before the walk, it spares the others their reads. Only a thread that
- * ran since the previous reading and is off its CPU now can have been preempted. */
+ * ran since the previous reading and is off its CPU now can have been preempted.
+ * Holding the GIL, that thread ran Python code up to the instant it lost its CPU: runnable now,
+ * it waits for one, preempted by the sampler's wake-up or shortly before by another thread, and
+ * either way its stack is where it computes, never where it woke up (it ran to take the GIL).
+ * So it counts as on a CPU without the exact test of read_preempted_by_sampler(), whose three
+ * /proc reads were most of the sampler's cost on a busy CPU. */
 static void
 ask_gil_holder_first(SamplerObject *self)
 {
@@ -335,7 +357,12 @@ ask_gil_holder_first(SamplerObject *self)
         if (now <= thread->cpu_ns || thread_cpu_ns(thread->tid) > now) {
             return;
         }
-        if (!preempted_by_sampler(self, thread->tid)) {
+        int waiting = runnable(self, thread->tid);
+        if (waiting > 0) {
+            self->preempted_found = 1;
+            self->preempted_tid = thread->tid;
+        }
+        else if (waiting == 0 || !preempted_by_sampler(self, thread->tid)) {
             self->not_preempted_tid = thread->tid;
         }
         return;
