@@ -30,8 +30,9 @@ void ppf_proc_files_init(ppf_proc_files_t *files);
 /* Closes every file kept open (also in a forked child, which inherited them). */
 void ppf_proc_files_close(ppf_proc_files_t *files);
 
-/* The file (PPF_PROC_STAT, PPF_PROC_SCHED, PPF_PROC_SYSCALL) of thread `tid` of this process, whole, NUL-ended in
- * `text`; its length, or -1 (the thread has exited, or /proc cannot be read). */
+/* The file (PPF_PROC_STAT, PPF_PROC_SCHED, PPF_PROC_SYSCALL) of thread `tid` of this process,
+ * whole, NUL-ended in `text`; its length, or -1 (the thread has exited, or /proc cannot be
+ * read). */
 ssize_t ppf_proc_read(ppf_proc_files_t *files, unsigned long tid, int file, char *text,
                       size_t size);
 
