@@ -239,8 +239,11 @@ def test_block_carries_the_waiters_labels_and_mutex_the_releasing_holders(server
     waiting = traces(block, "delay", "-tagfocus=role=waiter")
     assert sum(value for value, _, _ in waiting) >= 0.8 * sum(waited)
     assert {labels["waiter"] for _, labels, _ in waiting} == {"0", "1", "2"}
-    # The holder never waits (its starter did, for it to start, under the same labels).
-    assert not with_function(traces(block, "delay", "-tagfocus=role=holder"), "holder")
+    # The holder's own waits are rare: only when a waiter, preempted while it held the lock for
+    # an instant, makes the holder wait for it (its starter waited too, for it to start, under
+    # the same labels, outside the holder function).
+    holder_waits = with_function(traces(block, "delay", "-tagfocus=role=holder"), "holder")
+    assert sum(value for value, _, _ in holder_waits) <= 0.05 * sum(waited), holder_waits
     holding = top(mutex, "delay", "-tagfocus=role=holder")
     assert holding[f"{MOD}.holder"][0] >= 0.5 * sum(waited), holding
 
