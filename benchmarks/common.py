@@ -31,6 +31,28 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def thread_context_switches(pid: int) -> dict[int, int]:
+    """Each live thread's context switches so far (voluntary and not), from /proc."""
+    switches = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as status:
+                switches[int(tid)] = sum(
+                    int(line.split()[1]) for line in status if "ctxt_switches:" in line
+                )
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # It exited meanwhile.
+    return switches
+
+
+def switches_since(before: dict[int, int], pid: int) -> int:
+    """The context switches of a process since `before` (thread_context_switches), but for
+    those of threads that exited meanwhile: /proc forgets them (the soak app's short-lived
+    threads switch a few times each)."""
+    now = thread_context_switches(pid)
+    return sum(count - before.get(tid, 0) for tid, count in now.items())
+
+
 class MachineLoad:
     """CPUs that other processes used: on a 2-core machine anything else running disturbs the
     figures. Linux only, as the CPU profile is: the machine's idle time from /proc/stat, this

@@ -15,7 +15,8 @@ same app without pyprofiler under the same load.
 Printed: failed scrapes, the app's RSS each minute and its growth over the second half of the
 soak (up to the late allocation site, which keeps 2.5 MB on purpose), the profiler's own
 memory, whether that site, first used at 90 % of the soak, is in the heap profile under its own
-name, and the throughput ratios. A measurement, not a test: exits 0 whatever the figures.
+name, the throughput ratios, and (crossed) the context switches the switched-on copy adds. A
+measurement, not a test: exits 0 whatever the figures.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from common import (  # noqa: E402
     load,
     process_cpu_seconds,
     spread,
+    switches_since,
+    thread_context_switches,
 )
 
 from pyprofiler import proto  # noqa: E402
@@ -341,7 +344,7 @@ def crossed(phases: int, phase_seconds: float, part: Part = EVERYTHING, label: s
         print(label, flush=True)
     go_load = GoLoad()
     apps = [start_app("--new-site-after=1e9", f"--cpu={cpu}") for cpu in cpus[:2]]
-    ratios, per_cpu = [], []
+    ratios, per_cpu, more_switches = [], [], []
     try:
         for index, (_, started) in enumerate(apps):
             go_load.run(started["port"], 5, cpus[1 - index], {})  # Warm up.
@@ -352,6 +355,7 @@ def crossed(phases: int, phase_seconds: float, part: Part = EVERYTHING, label: s
             stop = threading.Event()
             scrapers = scrape(apps[on][1]["pprof"], stop, False, part.scraped)[1]
             cpu_before = [process_cpu_seconds(process.pid) for process, _ in apps]
+            switches_before = [thread_context_switches(process.pid) for process, _ in apps]
             results: list[dict] = [{}, {}]
             loads = [
                 threading.Thread(
@@ -365,6 +369,10 @@ def crossed(phases: int, phase_seconds: float, part: Part = EVERYTHING, label: s
             for thread in loads:
                 thread.join()
             cpu = [process_cpu_seconds(p.pid) - c for (p, _), c in zip(apps, cpu_before)]
+            switches = [
+                switches_since(b, p.pid) / phase_seconds for (p, _), b in zip(apps, switches_before)
+            ]
+            more_switches.append(switches[on] - switches[1 - on])
             stop.set()
             for thread in scrapers:
                 thread.join(timeout=120)
@@ -372,8 +380,9 @@ def crossed(phases: int, phase_seconds: float, part: Part = EVERYTHING, label: s
             ratios.append(rate[on] / rate[1 - on])
             per_cpu.append(ratios[-1] * cpu[1 - on] / cpu[on])
             print(
-                f"    copy {on} on: {rate[on]:5.0f} requests/s on {cpu[on]:.1f} CPU-s, copy"
-                f" {1 - on} off: {rate[1 - on]:5.0f} on {cpu[1 - on]:.1f}",
+                f"    copy {on} on: {rate[on]:5.0f} requests/s on {cpu[on]:.1f} CPU-s,"
+                f" {switches[on]:5.0f} switches/s; copy {1 - on} off: {rate[1 - on]:5.0f} on"
+                f" {cpu[1 - on]:.1f}, {switches[1 - on]:5.0f}",
                 flush=True,
             )
     finally:
@@ -390,6 +399,10 @@ def crossed(phases: int, phase_seconds: float, part: Part = EVERYTHING, label: s
     figure(
         "crossed: per app CPU-second, on / off",
         f"{statistics.geometric_mean(per_cpu):.3f} ({spread(per_cpu)})",
+    )
+    figure(
+        "crossed: the app's context switches/s, on - off",
+        f"{statistics.mean(more_switches):+.0f} ({spread(more_switches, '+.0f')})",
     )
 
 
