@@ -62,8 +62,9 @@ def measure(recorded: list, seconds: float) -> dict[str, float]:
             short_runs += at - started[0] < SHORT_RUN_S
         if next_comm == SAMPLER and state.startswith("R"):
             preempted += 1
-            after = next((s for s in recorded[index + 1 :] if s[1] == SAMPLER), None)
-            resumed += after is not None and after[5] == prev_tid
+            later = range(index + 1, len(recorded))
+            out = next((recorded[k] for k in later if recorded[k][1] == SAMPLER), None)
+            resumed += out is not None and out[5] == prev_tid
     return {
         "switches/s": len(recorded) / seconds,
         "the sampler's switches/s": sum(SAMPLER in (s[1], s[4]) for s in recorded) / seconds,
